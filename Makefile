@@ -1,0 +1,56 @@
+# The two commands a new machine needs: `make run` and `make test`. Both build .venv from scratch
+# when pyproject.toml changes (uv makes that take seconds, TensorFlow included).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: install browser run test lint typecheck unit bench bench-quick clean
+CHROMIUM ?= /usr/bin/chromium
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## browser: Debian's chromium for the dashboard's browser tests (browsers are never downloaded
+## by the test tools themselves)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing chromium (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+## run: the embedded default: API on http://127.0.0.1:8000, 2 local workers, SQLite in ./data
+run: $(STAMP)
+	@echo "hpsearch: launch the example study from another shell with"
+	@echo "  curl -s -X POST http://127.0.0.1:8000/api/v1/studies -H 'Content-Type: application/json' -d @examples/digits-bn-clip.json"
+	@echo "or, with a progress bar:  $(BIN)/hpsearch study create examples/digits-bn-clip.json --wait"
+	@echo "API docs: http://127.0.0.1:8000/docs"
+	$(BIN)/hpsearch serve --host 127.0.0.1 --port 8000 --workers 2
+
+## test: everything CI checks: lint, the import contracts, types, then the test suite
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) browser
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: the benchmark suite (slow; prints one table per benchmark)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/worker_memory.py --trials 200 --no-recycle
+
+## bench-quick: checks that the benchmarks still run, never that a timing holds
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/worker_memory.py --trials 6 --recycle-after 3 --epochs 1
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

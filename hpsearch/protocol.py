@@ -1,0 +1,96 @@
+"""The worker protocol: the JSON a worker and the service exchange over HTTP.
+
+Shaped like Vizier's client (ask / report / should-stop / complete):
+
+- ``POST /api/v1/workers/ask`` with ``AskRequest`` -> 200 ``Assignment``, or 204 when there is no
+  work (the ``Retry-After`` header says when to ask again). Asking again with the same worker id
+  returns the same running trial.
+- ``POST /api/v1/trials/{trial_id}/report`` with ``EpochReport`` -> ``ReportAnswer``: whether to
+  stop (pruned). Repeating a report changes nothing and gets the same answer.
+- ``POST /api/v1/trials/{trial_id}/heartbeat`` with ``Heartbeat`` -> ``HeartbeatAnswer``; keeps
+  the trial's lease alive while an epoch trains.
+- ``POST /api/v1/trials/{trial_id}/tell`` with ``TellRequest`` -> 200; 409 once the trial is
+  finished (a repeated tell changes nothing).
+
+A lease that is not renewed (by a report or a heartbeat) within ``lease_seconds`` expires: the
+trial is then re-run by another worker, with the same parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpsearch.params import TrainingSettings
+from hpsearch.results import TrialResult
+
+WorkerId = str
+
+
+class AskRequest(BaseModel):
+    """A worker asking for a trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: WorkerId = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    hostname: str | None = Field(None, max_length=255)
+
+
+class Assignment(BaseModel):
+    """A trial handed to a worker: everything it needs to train, nothing it must look up."""
+
+    trial_id: int
+    study_id: int
+    study_name: str
+    number: int = Field(description="the trial's number within its study, from 0")
+    attempt: int = Field(description="1 for the first run; more when re-run after a lost worker")
+    params: dict[str, Any]
+    dataset: dict[str, Any]
+    settings: TrainingSettings
+    lease_seconds: float
+    heartbeat_seconds: float
+
+
+class EpochReport(BaseModel):
+    """One finished epoch of a trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: WorkerId
+    attempt: int = Field(ge=1)
+    epoch: int = Field(ge=1)
+    metrics: dict[str, float]
+
+
+class ReportAnswer(BaseModel):
+    """Whether the trial must stop after this epoch, and why."""
+
+    should_stop: bool
+    reason: str | None = None
+
+
+class Heartbeat(BaseModel):
+    """A worker saying it is still training a trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: WorkerId
+    attempt: int = Field(ge=1)
+
+
+class HeartbeatAnswer(BaseModel):
+    """The lease's new expiry, and whether the trial should stop at its next epoch."""
+
+    lease_seconds: float
+    should_stop: bool = False
+
+
+class TellRequest(BaseModel):
+    """A trial's final result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: WorkerId
+    attempt: int = Field(ge=1)
+    result: TrialResult
