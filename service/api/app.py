@@ -1,0 +1,74 @@
+"""``create_app``: the FastAPI application, its reaper thread, and the uvicorn factory."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hpsearch import __version__
+from hpsearch.logs import configure_logging
+from service.api.errors import install_error_handlers
+from service.api.routes import analysis_router, health, studies_router, workers_router
+from service.config import Settings, get_settings
+from service.context import ServiceContext
+from service.dashboard.routes import router as dashboard_router
+from service.db.migrate import upgrade
+from service.scheduling import reap
+
+log = logging.getLogger(__name__)
+
+
+def _reaper(ctx: ServiceContext, stop: threading.Event) -> None:
+    while not stop.wait(ctx.settings.reaper_seconds):
+        try:
+            reap(ctx)
+        except Exception:  # the next round tries again; never kill the API over it
+            log.exception("reaper round failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    ctx = ServiceContext.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            upgrade(ctx.engine)
+        stop = threading.Event()
+        thread = threading.Thread(target=_reaper, args=(ctx, stop), daemon=True, name="reaper")
+        thread.start()
+        log.info("api started", extra={"database": ctx.engine.url.render_as_string()})
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            ctx.engine.dispose()
+
+    app = FastAPI(
+        title="hpsearch",
+        version=__version__,
+        lifespan=lifespan,
+        description="Hyperparameter search for Keras models: launch studies, "
+        "watch trials; workers ask for trials and report epochs.",
+    )
+    app.state.context = ctx
+    install_error_handlers(app)
+    app.include_router(health)
+    app.include_router(studies_router)
+    app.include_router(workers_router)
+    app.include_router(analysis_router)
+    app.include_router(dashboard_router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For ``uvicorn --factory service.api.app:app_factory``: logging set up from settings."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

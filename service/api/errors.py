@@ -1,0 +1,60 @@
+"""Domain errors -> HTTP, in one place, with one JSON shape:
+``{"detail": "...", "errors": [{"field": "...", "reason": "..."}]}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
+
+_UNION_TAGS = {"float", "int", "categorical", "function-after[_one_source()]"}
+
+
+def _body(detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {"detail": detail, "errors": errors or []}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc[1:] if str(p) not in _UNION_TAGS] if loc else []
+    if loc and loc[0] in ("query", "path"):
+        parts = [str(p) for p in loc[1:]]
+    return ".".join(parts) or "(body)"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping on ``app``."""
+
+    @app.exception_handler(InvalidSpecError)
+    async def invalid(_: Request, exc: InvalidSpecError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=_body(str(exc), exc.to_json()))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            if "input" in err and err.get("type") not in ("missing", "extra_forbidden"):
+                reason += f" (got {err['input']!r})" if not isinstance(err["input"], dict) else ""
+            if err.get("type") == "extra_forbidden":
+                reason = "unknown name"
+            errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        return JSONResponse(status_code=422, content=_body(detail, errors))
+
+    @app.exception_handler(AlreadyExistsError)
+    async def exists(_: Request, exc: AlreadyExistsError) -> JSONResponse:
+        return JSONResponse(
+            status_code=409, content=_body(str(exc), [{"field": exc.field, "reason": str(exc)}])
+        )
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse(status_code=404, content=_body(str(exc)))
+
+    @app.exception_handler(ConflictError)
+    async def conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse(status_code=409, content=_body(str(exc)))

@@ -1,0 +1,235 @@
+"""Thin routes: parse input, call one use case, return its result."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import text
+
+from hpsearch.protocol import (
+    AskRequest,
+    Assignment,
+    EpochReport,
+    Heartbeat,
+    HeartbeatAnswer,
+    ReportAnswer,
+    TellRequest,
+)
+from service import analysis, scheduling, studies
+from service.api.deps import ContextDep, LimitDep, OffsetDep
+from service.db.migrate import current_revision, head_revision
+from service.spec import StudySpec
+
+health = APIRouter(tags=["health"])
+studies_router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
+workers_router = APIRouter(prefix="/api/v1", tags=["worker protocol"])
+analysis_router = APIRouter(prefix="/api/v1/studies", tags=["analysis"])
+
+TrialStateFilter = Literal["running", "complete", "pruned", "diverged", "timed_out", "failed"]
+TrialSort = Literal["number", "value", "epochs_run", "duration", "state"]
+
+
+@health.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+def readyz(ctx: ContextDep) -> JSONResponse:
+    """The database answers and its schema is current."""
+    try:
+        with ctx.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        current, head = current_revision(ctx.engine), head_revision()
+    except Exception as exc:  # any database failure means not ready
+        return JSONResponse(
+            status_code=503, content={"status": "unavailable", "detail": f"database: {exc}"}
+        )
+    if current != head:
+        return JSONResponse(
+            status_code=503,
+            content={
+                "status": "unavailable",
+                "detail": f"schema at {current}, expected {head}: run `hpsearch migrate`",
+            },
+        )
+    return JSONResponse({"status": "ready"})
+
+
+# -- studies -------------------------------------------------------------------------------------
+
+
+@studies_router.post("", status_code=201)
+def create_study(ctx: ContextDep, spec: Annotated[StudySpec, Body()]) -> dict[str, Any]:
+    """Launch a study. 422 names each bad field; 409 when the name is taken."""
+    return studies.create_study(ctx, spec.model_dump(mode="json", exclude_unset=True))
+
+
+@studies_router.get("")
+def list_studies(ctx: ContextDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> dict[str, Any]:
+    """Studies, newest first: ``{data, count, offset, limit}``."""
+    return studies.list_studies(ctx, offset, limit)
+
+
+@studies_router.get("/{study_id}")
+def get_study(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+    """Status, spec, trial counts by state, progress, best trial, timestamps."""
+    return studies.get_study(ctx, study_id)
+
+
+@studies_router.post("/{study_id}/stop")
+def stop_study(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+    """No new trials; running ones stop at their next epoch."""
+    return studies.stop_study(ctx, study_id)
+
+
+@studies_router.post("/{study_id}/resume")
+def resume_study(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+    """Run a stopped study toward the rest of its budget."""
+    return studies.resume_study(ctx, study_id)
+
+
+@studies_router.delete("/{study_id}", status_code=204)
+def delete_study(ctx: ContextDep, study_id: int) -> Response:
+    """Delete the study and all its trials."""
+    studies.delete_study(ctx, study_id)
+    return Response(status_code=204)
+
+
+@studies_router.get("/{study_id}/trials")
+def list_trials(
+    ctx: ContextDep,
+    study_id: int,
+    state: TrialStateFilter | None = None,
+    after: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="only trials changed since this cursor (the previous answer's `cursor`)",
+        ),
+    ] = None,
+    offset: OffsetDep = 0,
+    limit: LimitDep = 100,
+    sort: TrialSort = "number",
+    descending: bool = False,
+) -> dict[str, Any]:
+    """A page of trials, sorted (by number unless told): ``{data, count, offset, limit,
+    cursor}``."""
+    return studies.list_trials(ctx, study_id, state, after, offset, limit, sort, descending)
+
+
+@studies_router.get("/{study_id}/trials.csv")
+def trials_csv(ctx: ContextDep, study_id: int) -> StreamingResponse:
+    """Every trial as CSV."""
+    rows = studies.trials_csv(ctx, study_id)
+    return StreamingResponse(
+        rows,
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="study-{study_id}-trials.csv"'},
+    )
+
+
+@studies_router.get("/{study_id}/trials/{number}")
+def get_trial(ctx: ContextDep, study_id: int, number: int) -> dict[str, Any]:
+    """One trial: params, state, reason, per-epoch metrics, worker, duration."""
+    return studies.get_trial(ctx, study_id, number)
+
+
+# -- worker protocol -----------------------------------------------------------------------------
+
+
+@workers_router.post(
+    "/workers/ask",
+    response_model=Assignment,
+    responses={204: {"description": "no work now; ask again after Retry-After"}},
+)
+def ask(ctx: ContextDep, request: AskRequest) -> Any:
+    """A trial to train (the same one again for a worker that already has one)."""
+    assignment = scheduling.assign(ctx, request.worker_id, request.hostname)
+    if assignment is None:
+        return Response(
+            status_code=204, headers={"Retry-After": f"{ctx.settings.idle_retry_seconds:g}"}
+        )
+    return assignment
+
+
+@workers_router.post("/trials/{trial_id}/report")
+def report(ctx: ContextDep, trial_id: int, body: EpochReport) -> ReportAnswer:
+    """One finished epoch; the answer says whether to stop (pruned)."""
+    return scheduling.record_report(ctx, trial_id, body)
+
+
+@workers_router.post("/trials/{trial_id}/heartbeat")
+def heartbeat(ctx: ContextDep, trial_id: int, body: Heartbeat) -> HeartbeatAnswer:
+    """Keep the trial's lease while it trains."""
+    return scheduling.heartbeat(ctx, trial_id, body)
+
+
+@workers_router.post("/trials/{trial_id}/tell")
+def tell(ctx: ContextDep, trial_id: int, body: TellRequest) -> dict[str, Any]:
+    """The trial's result; 409 once it is finished."""
+    trial = scheduling.record_result(ctx, trial_id, body)
+    return {
+        "number": trial.number,
+        "state": trial.state,
+        "value": trial.value,
+        "reason": trial.reason,
+    }
+
+
+# -- analysis (the dashboard's plots) ------------------------------------------------------------
+
+
+@analysis_router.get("/{study_id}/analysis")
+def study_analysis(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+    """Every trial's number, state, value and searched params as columns, and the per-epoch
+    objective of the best and newest trials (at most 300 curves)."""
+    return analysis.study_analysis(ctx, study_id)
+
+
+@analysis_router.get("/{study_id}/importance")
+def param_importance(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+    """Each searched parameter's importance, once 5 trials completed."""
+    return analysis.param_importance(ctx, study_id)
+
+
+@analysis_router.get("/-/template", tags=["studies"])
+def spec_template() -> dict[str, Any]:
+    """A starting spec (the mission's search space) and what each trainer parameter accepts:
+    the dashboard's launch form is built from it."""
+    from hpsearch.datasets import BUILTIN_DATASETS
+    from hpsearch.params import PARAMETER_NAMES, parameter_domain
+    from service.spec import DEFAULT_SEARCH_SPACE, MODEL_PARAMS
+
+    return {
+        "spec": {
+            "name": "",
+            "dataset": {"name": "digits"},
+            "model": {
+                "architecture": "mlp",
+                "hidden_units": [300, 100],
+                "activation": "elu",
+                "initializer": "he_normal",
+                "batch_norm": "before",
+            },
+            "training": {"epochs": 5, "batch_size": 50, "optimizer": "sgd"},
+            "objective": {"metric": "val_accuracy", "direction": "maximize"},
+            "search_space": DEFAULT_SEARCH_SPACE,
+            "sampler": {"type": "random"},
+            "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
+            "n_trials": 20,
+        },
+        "datasets": list(BUILTIN_DATASETS),
+        "parameters": {
+            name: {
+                "section": "model" if name in MODEL_PARAMS else "training",
+                "kind": (d := parameter_domain(name)).kind,
+                "choices": list(d.choices),
+                "allowed": d.describe(),
+            }
+            for name in PARAMETER_NAMES
+        },
+    }

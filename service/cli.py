@@ -1,0 +1,266 @@
+"""The service's commands: ``serve``, ``migrate`` and ``study``. Heavy imports happen inside
+the handlers, so that ``hpsearch --help`` stays quick and works where only one half is installed.
+``study`` commands talk to a running API over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API = os.environ.get("HPSEARCH_API_URL", "http://127.0.0.1:8000")
+
+
+def register(subparsers: Any) -> None:
+    """Add the service's subcommands to the ``hpsearch`` parser."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="the API, N local workers and SQLite, in one command",
+        description="Start the API and N local worker processes. The database defaults to "
+        "SQLite under --data-dir; HPSEARCH_DATABASE_URL selects another (e.g. PostgreSQL).",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=2, help="local workers (0 for none)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the SQLite database lives (env HPSEARCH_DATA_DIR)",
+    )
+    serve.set_defaults(handler=run_serve)
+
+    migrate = subparsers.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.set_defaults(handler=run_migrate)
+
+    study = subparsers.add_parser("study", help="launch and manage studies through the API")
+    study.add_argument("--api", default=DEFAULT_API, help="the API's URL (env HPSEARCH_API_URL)")
+    actions = study.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="launch a study from a JSON spec file")
+    create.add_argument("spec", type=Path)
+    create.add_argument("--wait", action="store_true", help="show progress until it ends")
+    create.set_defaults(handler=run_study_create)
+    actions.add_parser("list", help="studies, newest first").set_defaults(handler=run_study_list)
+    for name, helptext in (
+        ("show", "one study"),
+        ("stop", "stop a study"),
+        ("resume", "resume a stopped study"),
+        ("wait", "show progress until a study ends"),
+    ):
+        p = actions.add_parser(name, help=helptext)
+        p.add_argument("study_id", type=int)
+        p.set_defaults(handler=run_study_action)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """API + local workers. Workers get an equal share of the cores for their threads."""
+    import uvicorn
+
+    from hpsearch.logs import configure_logging
+    from service.api.app import create_app
+    from service.config import Settings
+
+    if args.data_dir is not None:
+        os.environ["HPSEARCH_DATA_DIR"] = str(args.data_dir)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    url = f"http://{args.host}:{args.port}"
+    threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hpsearch",
+                "worker",
+                "--api",
+                url,
+                "--threads",
+                str(threads),
+                "--inter-op-threads",
+                "1",
+                "--id",
+                f"local-{i + 1}",
+            ],
+            # Safe here: serve has started no thread yet (the API's start after the workers).
+            preexec_fn=_terminate_with_parent,  # noqa: PLW1509
+        )
+        for i in range(args.workers)
+    ]
+    print(
+        f"hpsearch: API on {url} (docs {url}/docs), {args.workers} worker(s), "
+        f"database {settings.url}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def _exit(signum: int, _frame: Any) -> None:
+        # uvicorn re-raises SIGTERM after its graceful shutdown; without a handler of ours the
+        # process would die there, before stopping its workers.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        for w in workers:
+            try:
+                w.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                w.kill()
+    return 0
+
+
+def _terminate_with_parent() -> None:
+    """In a local worker, before exec: SIGTERM when ``serve`` dies, even by ``kill -9`` (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """``hpsearch migrate``: the one-shot schema step of a deployment."""
+    from hpsearch.logs import configure_logging
+    from service.config import Settings
+    from service.db.migrate import upgrade
+    from service.db.session import make_engine
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    upgrade(make_engine(settings.url))
+    print(f"hpsearch: schema up to date at {settings.url}", file=sys.stderr)
+    return 0
+
+
+# -- study ---------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    token = os.environ.get("HPSEARCH_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=30.0)
+
+
+def _fail(response: Any) -> int:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text}
+    print(f"error: HTTP {response.status_code}: {body.get('detail')}", file=sys.stderr)
+    for e in body.get("errors", []):
+        print(f"  {e['field']}: {e['reason']}", file=sys.stderr)
+    return 2 if response.status_code in (404, 409, 422) else 1
+
+
+def run_study_create(args: argparse.Namespace) -> int:
+    """POST a spec file; with --wait, show progress until the study ends."""
+    try:
+        spec = json.loads(args.spec.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: cannot read {args.spec}: {exc}", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        response = client.post("/api/v1/studies", json=spec)
+        if response.status_code != 201:
+            return _fail(response)
+        study = response.json()
+        print(f"study {study['id']} ({study['name']}) created: {study['n_trials']} trials")
+        if args.wait:
+            return _wait(client, study["id"])
+    return 0
+
+
+def run_study_list(args: argparse.Namespace) -> int:
+    """A table of studies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client(args) as client:
+        response = client.get("/api/v1/studies", params={"limit": 100})
+        if response.status_code != 200:
+            return _fail(response)
+        page = response.json()
+    table = Table(title=f"{page['count']} studies")
+    for column in ("id", "name", "status", "finished", "pruned", "failed", "best", "created"):
+        table.add_column(column)
+    for s in page["data"]:
+        c = s["trial_counts"]
+        best = s["best_trial"]
+        table.add_row(
+            str(s["id"]),
+            s["name"],
+            s["status"],
+            f"{s['finished']}/{s['n_trials']}",
+            str(c["pruned"]),
+            str(c["failed"] + c["diverged"] + c["timed_out"]),
+            "" if best is None else f"{best['value']:.4f}",
+            s["created_at"][:19],
+        )
+    Console().print(table)
+    return 0
+
+
+def run_study_action(args: argparse.Namespace) -> int:
+    """show / stop / resume / wait."""
+    with _client(args) as client:
+        if args.action == "wait":
+            return _wait(client, args.study_id)
+        if args.action == "show":
+            response = client.get(f"/api/v1/studies/{args.study_id}")
+        else:
+            response = client.post(f"/api/v1/studies/{args.study_id}/{args.action}")
+        if response.status_code != 200:
+            return _fail(response)
+        print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def _wait(client: Any, study_id: int) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    ) as progress:
+        task = progress.add_task(f"study {study_id}", total=None, info="")
+        while True:
+            response = client.get(f"/api/v1/studies/{study_id}")
+            if response.status_code != 200:
+                return _fail(response)
+            s = response.json()
+            c, best = s["trial_counts"], s["best_trial"]
+            info = (
+                f"{s['status']}, running {c['running']}, pruned {c['pruned']}, "
+                f"failed {c['failed'] + c['diverged'] + c['timed_out']}"
+                + ("" if best is None else f", best {best['value']:.4f}")
+            )
+            progress.update(task, total=s["n_trials"], completed=s["finished"], info=info)
+            if s["status"] not in ("queued", "running"):
+                break
+            time.sleep(1.0)
+    print(
+        f"study {study_id}: {s['status']}"
+        + (f" ({s['status_reason']})" if s["status_reason"] else "")
+    )
+    return 0 if s["status"] == "completed" else 1

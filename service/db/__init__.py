@@ -1,0 +1,1 @@
+"""The service's own tables (``hps_*``), beside Optuna's in the same database."""

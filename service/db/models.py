@@ -1,0 +1,127 @@
+"""SQLAlchemy models of the service's own tables. Prefixed ``hps_`` so that they never collide
+with Optuna's (``studies``, ``trials``, ...); migrated by Alembic with the version table
+``hps_alembic_version`` (Optuna keeps its own ``alembic_version``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TABLE_PREFIX = "hps_"
+
+
+def utcnow() -> datetime:
+    """Now, as naive UTC (what every timestamp column stores)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Study(Base):
+    """A study: its spec, status and budget. Optuna's study of the same id holds the trials."""
+
+    __tablename__ = "hps_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    optuna_name: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    # Slots handed out so far; never above n_trials (a conditional UPDATE keeps the budget exact).
+    n_allocated: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped on every change to one of the study's trials: ``?after=N`` polling reads it.
+    change_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    last_assigned_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class Trial(Base):
+    """One trial as the service sees it: lease, attempt, outcome. ``id`` is Optuna's trial id."""
+
+    __tablename__ = "hps_trials"
+    __table_args__ = (
+        UniqueConstraint("study_id", "number"),
+        Index("ix_hps_trials_study_state", "study_id", "state"),
+        Index("ix_hps_trials_study_seq", "study_id", "change_seq"),
+        Index("ix_hps_trials_worker", "worker_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    study_id: Mapped[int] = mapped_column(ForeignKey("hps_studies.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    epochs_run: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # False between our commit of a final state and Optuna's tell: the reaper finishes the job.
+    optuna_synced: Mapped[bool] = mapped_column(Boolean, default=True)
+    change_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class TrialEpoch(Base):
+    """One reported epoch of one attempt of a trial, with the stop decision given for it."""
+
+    __tablename__ = "hps_trial_epochs"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("hps_trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    val_accuracy: Mapped[float] = mapped_column(Float)
+    should_stop: Mapped[bool] = mapped_column(Boolean, default=False)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    reported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A worker that asked for work at least once."""
+
+    __tablename__ = "hps_workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str | None] = mapped_column(String(255), default=None)
+    first_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    trials_finished: Mapped[int] = mapped_column(Integer, default=0)

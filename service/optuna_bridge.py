@@ -1,0 +1,195 @@
+"""Everything the service asks of Optuna: its RDB storage, samplers, pruners, ask and tell.
+
+Samplers and pruners are rebuilt from the study's spec on every request, so that no API process
+holds state that another would need. A random or TPE sampler is seeded with (seed, slot), so a
+seeded study samples the same values whichever process serves which trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState as OptunaState
+
+from service.db.session import sqlite_connect_args
+from service.spec import Categorical, FloatRange, PrunerSpec, SamplerSpec, StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=8)
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url`` (one per process and URL: it is a connection pool)."""
+    kwargs: dict[str, Any] = {"connect_args": sqlite_connect_args(url)}
+    if not url.startswith("sqlite"):
+        kwargs["pool_pre_ping"] = True
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The search space as Optuna distributions."""
+    out: dict[str, BaseDistribution] = {}
+    for name, param in spec.space.items():
+        if isinstance(param, Categorical):
+            out[name] = CategoricalDistribution(param.choices)
+        elif isinstance(param, FloatRange):
+            out[name] = FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+        else:
+            out[name] = IntDistribution(
+                param.low, param.high, log=param.log, step=1 if param.log else param.step
+            )
+    return out
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class _SeededPerTrial(optuna.samplers.BaseSampler):
+    """Delegates to a sampler made afresh for each trial, seeded with (study seed, trial number).
+
+    Whichever API process serves trial k of a seeded study, it samples the same values: no
+    sampler state needs to survive between requests.
+    """
+
+    def __init__(self, make: Any, seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner: optuna.samplers.BaseSampler = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+        self._inner = self._make(_trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+        return self._inner.sample_independent(study, trial, name, dist)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+def build_sampler(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
+    """The study's sampler. Random and TPE are seeded per trial number when the study is."""
+    if spec.type == "qmc":
+        # QMC draws point k of one low-discrepancy sequence, seeded once for the study.
+        return optuna.samplers.QMCSampler(
+            qmc_type=spec.qmc_type, seed=spec.seed, warn_independent_sampling=False
+        )
+    if spec.type == "tpe":
+        n_startup = spec.n_startup_trials
+
+        def make(seed: int | None) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
+    else:
+
+        def make(seed: int | None) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.RandomSampler(seed=seed)
+
+    return make(None) if spec.seed is None else _SeededPerTrial(make, spec.seed)
+
+
+def build_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
+    """The study's pruner."""
+    if spec.type == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.n_startup_trials,
+            n_warmup_steps=spec.n_warmup_steps,
+            interval_steps=spec.interval_steps,
+        )
+    if spec.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=spec.min_resource,
+            max_resource=epochs,
+            reduction_factor=spec.reduction_factor,
+        )
+    if spec.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=spec.min_resource, reduction_factor=spec.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def create_study(url: str, optuna_name: str, spec: StudySpec) -> None:
+    """Create the Optuna study that will hold this study's trials."""
+    optuna.create_study(
+        storage=optuna_storage(url),
+        study_name=optuna_name,
+        direction=spec.objective.resolved_direction,
+    )
+
+
+def load_study(url: str, optuna_name: str, spec: StudySpec) -> optuna.Study:
+    """The Optuna study with this spec's sampler and pruner."""
+    return optuna.load_study(
+        study_name=optuna_name,
+        storage=optuna_storage(url),
+        sampler=build_sampler(spec.sampler),
+        pruner=build_pruner(spec.pruner, spec.n_epochs),
+    )
+
+
+def delete_study(url: str, optuna_name: str) -> None:
+    """Remove the Optuna study and its trials (a no-op when it is already gone)."""
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=optuna_name, storage=optuna_storage(url))
+
+
+def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Any]]:
+    """A new trial with sampled values: (Optuna trial id, sampled params)."""
+    trial = study.ask(fixed_distributions=distributions(spec))
+    return trial._trial_id, dict(trial.params)
+
+
+def report(study: optuna.Study, trial_id: int, epoch: int, value: float) -> bool:
+    """Record an epoch's objective and ask the pruner whether to stop."""
+    study._storage.set_trial_intermediate_value(trial_id, epoch, value)
+    trial = optuna.trial.Trial(study, trial_id)
+    return bool(trial.should_prune())
+
+
+def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | None) -> None:
+    """Finish the Optuna trial (idempotent: a finished trial is left as it is).
+
+    ``complete`` with a value -> COMPLETE; ``pruned`` -> PRUNED (Optuna keeps the last epoch's
+    value); anything else (diverged, timed out, failed) -> FAIL, which samplers skip.
+    """
+    storage = optuna_storage(url)
+    frozen = storage.get_trial(trial_id)
+    if frozen.state.is_finished():
+        return
+    study = optuna.load_study(study_name=optuna_name, storage=storage)
+    if state == "complete" and value is not None:
+        study.tell(frozen.number, value, skip_if_finished=True)
+    elif state == "pruned":
+        study.tell(frozen.number, state=OptunaState.PRUNED, skip_if_finished=True)
+    else:
+        study.tell(frozen.number, state=OptunaState.FAIL, skip_if_finished=True)
+
+
+def running_trials(url: str, optuna_name: str) -> list[tuple[int, float, dict[str, Any]]]:
+    """Optuna's running trials of a study: (trial id, seconds since it started, params)."""
+    study = optuna.load_study(study_name=optuna_name, storage=optuna_storage(url))
+    now = datetime.now()  # Optuna stamps trials with naive local time
+    return [
+        (t._trial_id, (now - (t.datetime_start or now)).total_seconds(), dict(t.params))
+        for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+    ]

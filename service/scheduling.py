@@ -1,0 +1,543 @@
+"""The worker protocol's use cases: hand out trials, take reports, keep leases, take results.
+
+Every decision that several workers (or API processes) could race for is one conditional UPDATE
+(``... WHERE n_allocated < n_trials``, ``... WHERE lease_expires_at < now``), which both SQLite
+and PostgreSQL apply atomically. Optuna is always called outside our transactions: SQLite has
+one writer, and Optuna writes through its own engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hpsearch.params import TrainingSettings
+from hpsearch.protocol import (
+    Assignment,
+    EpochReport,
+    Heartbeat,
+    HeartbeatAnswer,
+    ReportAnswer,
+    TellRequest,
+)
+from hpsearch.results import METRIC_NAMES
+from service import optuna_bridge
+from service.context import ServiceContext
+from service.db.models import Study, Trial, TrialEpoch, Worker, utcnow
+from service.db.session import unit_of_work
+from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
+from service.spec import StudySpec
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+FINISHED_TRIAL_STATES = ("complete", "pruned", "diverged", "timed_out", "failed")
+# A study whose first trials all fail (for good) is failed: its spec is broken, not unlucky.
+FAILED_STUDY_AFTER = 5
+
+
+def spec_of(study: Study) -> StudySpec:
+    """The validated spec stored with a study."""
+    return StudySpec.model_validate(study.spec)
+
+
+def _changed(session: Session, statement: Any) -> int:
+    """Execute an UPDATE and return how many rows it changed (0: someone else won the race)."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return int(result.rowcount)
+
+
+def next_seq(session: Session, study_id: int) -> int:
+    """Bump and return the study's change counter (for ``?after=N`` polling)."""
+    seq = session.execute(
+        update(Study)
+        .where(Study.id == study_id)
+        .values(change_seq=Study.change_seq + 1)
+        .returning(Study.change_seq)
+    ).scalar_one()
+    return int(seq)
+
+
+# -- ask -----------------------------------------------------------------------------------------
+
+
+def assign(ctx: ServiceContext, worker_id: str, hostname: str | None) -> Assignment | None:
+    """The trial this worker should train: its current one, else a lost one to re-run, else a
+    new one from the study with the fewest running trials. ``None`` when there is no work."""
+    now = utcnow()
+    lease_until = now + timedelta(seconds=ctx.settings.lease_seconds)
+    with unit_of_work(ctx.sessions) as s:
+        _touch_worker(s, worker_id, hostname, now)
+        current = s.scalars(
+            select(Trial)
+            .where(Trial.worker_id == worker_id, Trial.state == "running")
+            .order_by(Trial.id)
+            .limit(1)
+        ).first()
+        if current is not None:
+            current.lease_expires_at = lease_until
+            return _assignment(ctx, current, s.get_one(Study, current.study_id))
+        studies = _studies_by_fair_share(s)
+    for study_id in studies:
+        assignment = _relet_lost_trial(ctx, study_id, worker_id, now, lease_until)
+        if assignment is None:
+            assignment = _new_trial(ctx, study_id, worker_id, now, lease_until)
+        if assignment is not None:
+            log.info(
+                "trial assigned",
+                extra={
+                    "study": assignment.study_name,
+                    "trial": assignment.number,
+                    "worker": worker_id,
+                    "attempt": assignment.attempt,
+                },
+            )
+            return assignment
+    return None
+
+
+def _lock_worker(s: Session, worker_id: str, now: datetime) -> Trial | None:
+    """Take this worker's lock and return its running trial, if any.
+
+    The UPDATE of the worker's row is a row lock on PostgreSQL and the database's write lock on
+    SQLite, held to the end of the transaction: every transaction that hands a trial to a worker
+    starts here, so two simultaneous asks of one worker (a retried request) never get two trials.
+    """
+    s.execute(update(Worker).where(Worker.id == worker_id).values(last_seen=now))
+    return s.scalars(
+        select(Trial)
+        .where(Trial.worker_id == worker_id, Trial.state == "running")
+        .order_by(Trial.id)
+        .limit(1)
+    ).first()
+
+
+def _touch_worker(s: Session, worker_id: str, hostname: str | None, now: datetime) -> None:
+    if _changed(s, update(Worker).where(Worker.id == worker_id).values(last_seen=now)):
+        return
+    try:
+        with s.begin_nested():
+            s.add(Worker(id=worker_id, hostname=hostname, first_seen=now, last_seen=now))
+    except IntegrityError:
+        pass  # the same new worker's other request (a retry) registered it first
+
+
+def _studies_by_fair_share(s: Session) -> list[int]:
+    """Active studies, those with the fewest running trials first, then the longest unserved."""
+    running = (
+        select(Trial.study_id, func.count().label("n"))
+        .where(Trial.state == "running")
+        .group_by(Trial.study_id)
+        .subquery()
+    )
+    rows = s.execute(
+        select(Study.id)
+        .outerjoin(running, running.c.study_id == Study.id)
+        .where(Study.status.in_(ACTIVE))
+        .order_by(
+            func.coalesce(running.c.n, 0),
+            Study.last_assigned_at.is_not(None),
+            Study.last_assigned_at,
+            Study.id,
+        )
+    ).scalars()
+    return list(rows)
+
+
+def _relet_lost_trial(
+    ctx: ServiceContext, study_id: int, worker_id: str, now: datetime, lease_until: datetime
+) -> Assignment | None:
+    """Re-run a trial whose worker stopped heartbeating, with the same parameters; fail it for
+    good once it has been lost ``max_retries + 1`` times."""
+    given_up: list[int] = []
+    result = None
+    expired = and_(Trial.state == "running", Trial.lease_expires_at < now)
+    with unit_of_work(ctx.sessions) as s:
+        current = _lock_worker(s, worker_id, now)
+        if current is not None:  # a simultaneous ask of this worker got one meanwhile
+            return _assignment(ctx, current, s.get_one(Study, current.study_id))
+        while result is None:
+            lost = s.scalars(
+                select(Trial)
+                .where(Trial.study_id == study_id, expired)
+                .order_by(Trial.number)
+                .limit(1)
+            ).first()
+            if lost is None:
+                break
+            previous = lost.worker_id or "(none: recovered after an API crash)"
+            why = (
+                f"re-run: worker {lost.worker_id} stopped heartbeating (attempt {lost.attempt + 1})"
+                if lost.worker_id
+                else lost.reason  # never handed out: an orphan adopted, or a spare
+            )
+            if lost.attempt > ctx.settings.max_retries:
+                if _changed(
+                    s,
+                    update(Trial)
+                    .where(Trial.id == lost.id, expired)
+                    .values(
+                        state="failed",
+                        finished_at=now,
+                        lease_expires_at=None,
+                        optuna_synced=False,
+                        change_seq=next_seq(s, study_id),
+                        reason=f"failed: its worker was lost {lost.attempt} time(s) "
+                        f"(last: {previous}); no retries left",
+                    ),
+                ):
+                    given_up.append(lost.id)
+                continue
+            if _changed(
+                s,
+                update(Trial)
+                .where(Trial.id == lost.id, expired)
+                .values(
+                    worker_id=worker_id,
+                    attempt=Trial.attempt + 1,
+                    lease_expires_at=lease_until,
+                    started_at=now,
+                    change_seq=next_seq(s, study_id),
+                    reason=why,
+                ),
+            ):
+                s.refresh(lost)
+                study = s.get_one(Study, study_id)
+                study.last_assigned_at = now
+                result = _assignment(ctx, lost, study)
+    for trial_id in given_up:
+        finalize_in_optuna(ctx, trial_id)
+    if given_up:
+        update_study_status(ctx, study_id)
+    return result
+
+
+def _new_trial(
+    ctx: ServiceContext, study_id: int, worker_id: str, now: datetime, lease_until: datetime
+) -> Assignment | None:
+    with ctx.sessions() as s:
+        study = s.get(Study, study_id)
+        if study is None or study.status not in ACTIVE or study.n_allocated >= study.n_trials:
+            return None
+        if study.deadline_at is not None and study.deadline_at <= now:
+            return None
+        spec, optuna_name = spec_of(study), study.optuna_name
+    optuna_study = optuna_bridge.load_study(ctx.url, optuna_name, spec)
+    trial_id, sampled = optuna_bridge.ask(optuna_study, spec)
+    with unit_of_work(ctx.sessions) as s:
+        current = _lock_worker(s, worker_id, now)
+        slot = s.execute(
+            update(Study)
+            .where(
+                Study.id == study_id,
+                Study.n_allocated < Study.n_trials,
+                Study.status.in_(ACTIVE),
+                or_(Study.deadline_at.is_(None), Study.deadline_at > now),
+            )
+            .values(
+                n_allocated=Study.n_allocated + 1,
+                status="running",
+                started_at=func.coalesce(Study.started_at, now),
+                last_assigned_at=now,
+            )
+            .returning(Study.n_allocated)
+        ).scalar()
+        if slot is not None:
+            trial = Trial(
+                id=trial_id,
+                study_id=study_id,
+                number=slot - 1,  # our numbers follow the budget: 0..n_trials-1, no gaps
+                params={**spec.fixed_params, **sampled},
+                worker_id=worker_id,
+                attempt=1,
+                lease_expires_at=lease_until,
+                started_at=now,
+                optuna_synced=True,
+                change_seq=next_seq(s, study_id),
+            )
+            if current is not None:
+                # A simultaneous ask of this worker got a trial first: this one is left, with
+                # an expired lease, for the next worker that asks.
+                trial.worker_id, trial.attempt, trial.lease_expires_at = None, 0, now
+            s.add(trial)
+            s.flush()
+            mine = current or trial
+            return _assignment(ctx, mine, s.get_one(Study, mine.study_id))
+        if current is not None:
+            surplus = _assignment(ctx, current, s.get_one(Study, current.study_id))
+        else:
+            surplus = None
+    # Another worker took the last slot between our look and our ask: this Optuna trial is
+    # surplus, and is failed so that samplers skip it.
+    optuna_bridge.tell(ctx.url, optuna_name, trial_id, "failed", None)
+    return surplus
+
+
+def _assignment(ctx: ServiceContext, trial: Trial, study: Study) -> Assignment:
+    spec = spec_of(study)
+    settings = TrainingSettings(
+        epochs=spec.n_epochs,
+        seed=trial.number,
+        objective=spec.objective.metric,
+        direction=spec.objective.resolved_direction,
+        timeout_seconds=spec.trial_timeout_seconds,
+    )
+    lease = ctx.settings.lease_seconds
+    return Assignment(
+        trial_id=trial.id,
+        study_id=study.id,
+        study_name=study.name,
+        number=trial.number,
+        attempt=trial.attempt,
+        params=trial.params,
+        dataset=spec.dataset,
+        settings=settings,
+        lease_seconds=lease,
+        heartbeat_seconds=max(lease / 4, 0.5),
+    )
+
+
+# -- report, heartbeat ---------------------------------------------------------------------------
+
+
+def _leased_trial(s: Session, trial_id: int, worker_id: str, attempt: int) -> tuple[Trial, Study]:
+    trial = s.get(Trial, trial_id)
+    if trial is None:
+        raise NotFoundError(f"no trial with id {trial_id} (its study may have been deleted)")
+    study = s.get_one(Study, trial.study_id)
+    if trial.state != "running":
+        raise ConflictError(
+            f"trial {trial.number} of study {study.name!r} is already {trial.state}"
+        )
+    if trial.worker_id != worker_id or trial.attempt != attempt:
+        raise ConflictError(
+            f"trial {trial.number} of study {study.name!r} is no longer leased "
+            f"to {worker_id} (attempt {attempt}): its lease expired and it was "
+            "handed to another worker"
+        )
+    return trial, study
+
+
+def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> ReportAnswer:
+    """Store one epoch, ask the pruner, answer whether to stop. Repeats get the same answer."""
+    missing = [m for m in METRIC_NAMES if m not in report.metrics]
+    if missing:
+        raise InvalidSpecError([FieldError("metrics", f"missing {', '.join(missing)}")])
+    with ctx.sessions() as s:
+        trial, study = _leased_trial(s, trial_id, report.worker_id, report.attempt)
+        seen = s.get(TrialEpoch, (trial_id, report.attempt, report.epoch))
+        if seen is not None:
+            return ReportAnswer(should_stop=seen.should_stop, reason=seen.stop_reason)
+        spec, optuna_name, status = spec_of(study), study.optuna_name, study.status
+    value = float(report.metrics[spec.objective.metric])
+    optuna_study = optuna_bridge.load_study(ctx.url, optuna_name, spec)
+    prune = optuna_bridge.report(optuna_study, trial_id, report.epoch, value)
+    reason = None
+    if status not in ACTIVE:
+        prune, reason = True, f"stopped with the study at epoch {report.epoch}"
+    elif prune:
+        reason = f"pruned at epoch {report.epoch} by the {spec.pruner.type} pruner"
+    with unit_of_work(ctx.sessions) as s:
+        trial, _ = _leased_trial(s, trial_id, report.worker_id, report.attempt)
+        if s.get(TrialEpoch, (trial_id, report.attempt, report.epoch)) is None:
+            s.add(
+                TrialEpoch(
+                    trial_id=trial_id,
+                    attempt=report.attempt,
+                    epoch=report.epoch,
+                    should_stop=prune,
+                    stop_reason=reason,
+                    **{m: float(report.metrics[m]) for m in METRIC_NAMES},
+                )
+            )
+            trial.epochs_run = report.epoch
+            trial.lease_expires_at = utcnow() + timedelta(seconds=ctx.settings.lease_seconds)
+            trial.change_seq = next_seq(s, trial.study_id)
+    return ReportAnswer(should_stop=prune, reason=reason)
+
+
+def heartbeat(ctx: ServiceContext, trial_id: int, beat: Heartbeat) -> HeartbeatAnswer:
+    """Extend the trial's lease; tell the worker to stop when its study no longer runs."""
+    with unit_of_work(ctx.sessions) as s:
+        trial, study = _leased_trial(s, trial_id, beat.worker_id, beat.attempt)
+        trial.lease_expires_at = utcnow() + timedelta(seconds=ctx.settings.lease_seconds)
+        s.execute(update(Worker).where(Worker.id == beat.worker_id).values(last_seen=utcnow()))
+        return HeartbeatAnswer(
+            lease_seconds=ctx.settings.lease_seconds, should_stop=study.status not in ACTIVE
+        )
+
+
+# -- tell ----------------------------------------------------------------------------------------
+
+
+def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Trial:
+    """Finish a trial with the worker's result; 409 (``ConflictError``) once it is finished."""
+    result = tell.result
+    now = utcnow()
+    with unit_of_work(ctx.sessions) as s:
+        trial, study = _leased_trial(s, trial_id, tell.worker_id, tell.attempt)
+        state, value, reason = result.state.value, None, result.reason
+        if state == "complete":
+            value = result.best_value
+            if value is None:
+                state, reason = "failed", "failed: the trial finished without a finite objective"
+        elif state == "pruned":
+            value = result.final_value
+            last = s.get(TrialEpoch, (trial_id, tell.attempt, result.epochs_run))
+            if last is not None and last.stop_reason:
+                reason = last.stop_reason
+        if trial.reason and trial.reason.startswith(("re-run", "recovered")):
+            # Keep how this run came about beside how it ended.
+            reason = f"{reason} ({trial.reason})" if reason else trial.reason
+        trial.state, trial.value, trial.reason = state, value, reason
+        trial.epochs_run = result.epochs_run
+        trial.seconds = result.seconds
+        trial.finished_at, trial.lease_expires_at = now, None
+        trial.optuna_synced = False
+        trial.result = {
+            "best_value": result.best_value,
+            "final_value": result.final_value,
+            "parameters": result.parameters.model_dump() if result.parameters else None,
+        }
+        trial.change_seq = next_seq(s, study.id)
+        s.execute(
+            update(Worker)
+            .where(Worker.id == tell.worker_id)
+            .values(trials_finished=Worker.trials_finished + 1, last_seen=now)
+        )
+        study_id, name = study.id, study.name
+    log.info(
+        "trial finished",
+        extra={
+            "study": name,
+            "trial": trial.number,
+            "state": state,
+            "value": value,
+            "worker": tell.worker_id,
+        },
+    )
+    finalize_in_optuna(ctx, trial_id)
+    update_study_status(ctx, study_id)
+    return trial
+
+
+def finalize_in_optuna(ctx: ServiceContext, trial_id: int) -> None:
+    """Write a finished trial's state into Optuna, then mark it synced (idempotent)."""
+    with ctx.sessions() as s:
+        trial = s.get(Trial, trial_id)
+        if trial is None or trial.optuna_synced or trial.state == "running":
+            return
+        optuna_name = s.get_one(Study, trial.study_id).optuna_name
+        state, value = trial.state, trial.value
+    optuna_bridge.tell(ctx.url, optuna_name, trial_id, state, value)
+    with unit_of_work(ctx.sessions) as s:
+        s.execute(update(Trial).where(Trial.id == trial_id).values(optuna_synced=True))
+
+
+def update_study_status(ctx: ServiceContext, study_id: int) -> None:
+    """Complete a study whose budget is spent or whose deadline passed; fail one whose first
+    trials all failed. Runs after every result and in the reaper (idempotent)."""
+    now = utcnow()
+    with unit_of_work(ctx.sessions) as s:
+        study = s.get(Study, study_id)
+        if study is None or study.status not in ACTIVE:
+            return
+        counts = dict(
+            s.execute(
+                select(Trial.state, func.count())
+                .where(Trial.study_id == study_id)
+                .group_by(Trial.state)
+            )
+            .tuples()
+            .all()
+        )
+        finished = sum(counts.get(k, 0) for k in FINISHED_TRIAL_STATES)
+        running = counts.get("running", 0)
+        status, reason = None, None
+        if finished >= study.n_trials:
+            status = "completed"
+        elif counts.get("failed", 0) >= min(
+            FAILED_STUDY_AFTER, study.n_trials
+        ) and finished == counts.get("failed", 0):
+            status = "failed"
+            last = s.scalars(
+                select(Trial.reason)
+                .where(Trial.study_id == study_id, Trial.state == "failed")
+                .order_by(Trial.finished_at.desc())
+                .limit(1)
+            ).first()
+            reason = f"its first {finished} trials all failed; last: {last}"
+        elif study.deadline_at is not None and study.deadline_at <= now and running == 0:
+            status = "completed"
+            reason = f"time limit reached after {finished} of {study.n_trials} trials"
+        if status is not None:
+            s.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.status.in_(ACTIVE))
+                .values(status=status, status_reason=reason, finished_at=now)
+            )
+            log.info("study %s", status, extra={"study": study.name, "finished": finished})
+
+
+# -- reaper --------------------------------------------------------------------------------------
+
+
+def reap(ctx: ServiceContext) -> None:
+    """Repair what a crash between two steps can leave behind. Safe in any number of processes.
+
+    - a final state stored by us but not yet by Optuna: tell Optuna;
+    - an Optuna trial asked for but never recorded by us (a crash right after ``ask``): adopt it
+      as a lost trial when the budget allows (it is re-run), else fail it in Optuna;
+    - studies whose budget is spent or whose deadline passed: complete them.
+    """
+    with ctx.sessions() as s:
+        unsynced = list(s.scalars(select(Trial.id).where(Trial.optuna_synced.is_(False))))
+        active = list(
+            s.execute(select(Study.id, Study.optuna_name).where(Study.status.in_(ACTIVE))).tuples()
+        )
+    for trial_id in unsynced:
+        finalize_in_optuna(ctx, trial_id)
+    for study_id, optuna_name in active:
+        _adopt_orphans(ctx, study_id, optuna_name)
+        update_study_status(ctx, study_id)
+
+
+def _adopt_orphans(ctx: ServiceContext, study_id: int, optuna_name: str) -> None:
+    running = optuna_bridge.running_trials(ctx.url, optuna_name)
+    if not running:
+        return
+    ids = [trial_id for trial_id, _, _ in running]
+    with ctx.sessions() as s:
+        known = set(s.scalars(select(Trial.id).where(Trial.id.in_(ids))))
+    for trial_id, age, params in running:
+        # A trial younger than a lease may belong to an ask still in flight: not an orphan yet.
+        if trial_id in known or age < ctx.settings.lease_seconds:
+            continue
+        with unit_of_work(ctx.sessions) as s:
+            study = s.get_one(Study, study_id)
+            slot = s.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.n_allocated < Study.n_trials)
+                .values(n_allocated=Study.n_allocated + 1)
+                .returning(Study.n_allocated)
+            ).scalar()
+            if slot is not None:
+                s.add(
+                    Trial(
+                        id=trial_id,
+                        study_id=study_id,
+                        number=slot - 1,
+                        params={**spec_of(study).fixed_params, **params},
+                        attempt=0,
+                        lease_expires_at=utcnow(),
+                        reason="recovered: created just before an API crash, never handed out",
+                        change_seq=next_seq(s, study_id),
+                    )
+                )
+                continue
+        optuna_bridge.tell(ctx.url, optuna_name, trial_id, "failed", None)

@@ -1,0 +1,320 @@
+"""Study use cases behind the REST API: create, read, stop, resume, delete, list trials."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import optuna_bridge
+from service.context import ServiceContext
+from service.db.models import Study, Trial, TrialEpoch, utcnow
+from service.db.session import unit_of_work
+from service.errors import AlreadyExistsError, ConflictError, NotFoundError
+from service.scheduling import ACTIVE, FINISHED_TRIAL_STATES, spec_of, update_study_status
+from service.spec import parse_study_spec
+
+log = logging.getLogger(__name__)
+
+TRIAL_STATES = ("running", *FINISHED_TRIAL_STATES)
+
+
+def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
+    """Validate a spec and create the study (queued until a worker asks)."""
+    spec = parse_study_spec(raw, ctx.settings.max_trials, ctx.settings.max_epochs)
+    with ctx.sessions() as s:
+        if s.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
+            raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
+    optuna_name = f"hpsearch-{uuid.uuid4().hex}"
+    optuna_bridge.create_study(ctx.url, optuna_name, spec)
+    now = utcnow()
+    try:
+        with unit_of_work(ctx.sessions) as s:
+            study = Study(
+                name=spec.name,
+                optuna_name=optuna_name,
+                status="queued",
+                spec=spec.model_dump(mode="json", exclude_none=True),
+                n_trials=spec.n_trials,
+                created_at=now,
+                deadline_at=now + timedelta(seconds=spec.timeout_seconds)
+                if spec.timeout_seconds
+                else None,
+            )
+            s.add(study)
+            s.flush()
+            study_id = study.id
+    except IntegrityError:
+        optuna_bridge.delete_study(ctx.url, optuna_name)
+        raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists") from None
+    log.info("study created", extra={"study": spec.name, "n_trials": spec.n_trials})
+    return get_study(ctx, study_id)
+
+
+def _study(s: Session, study_id: int) -> Study:
+    study = s.get(Study, study_id)
+    if study is None:
+        raise NotFoundError(f"no study with id {study_id}")
+    return study
+
+
+def _summary(s: Session, study: Study) -> dict[str, Any]:
+    counts = {state: 0 for state in TRIAL_STATES}
+    counts.update(
+        s.execute(
+            select(Trial.state, func.count())
+            .where(Trial.study_id == study.id)
+            .group_by(Trial.state)
+        )
+        .tuples()
+        .all()
+    )
+    finished = sum(counts[k] for k in FINISHED_TRIAL_STATES)
+    spec = spec_of(study)
+    order = Trial.value.desc() if spec.objective.resolved_direction == "maximize" else Trial.value
+    best = s.scalars(
+        select(Trial)
+        .where(Trial.study_id == study.id, Trial.state == "complete", Trial.value.is_not(None))
+        .order_by(order, Trial.number)
+        .limit(1)
+    ).first()
+    return {
+        "id": study.id,
+        "name": study.name,
+        "status": study.status,
+        "status_reason": study.status_reason,
+        "n_trials": study.n_trials,
+        "trial_counts": counts,
+        "finished": finished,
+        "progress": finished / study.n_trials,
+        "searched": list(spec.space),
+        "objective": {
+            "metric": spec.objective.metric,
+            "direction": spec.objective.resolved_direction,
+        },
+        "best_trial": None
+        if best is None
+        else {"number": best.number, "value": best.value, "params": best.params},
+        "spec": study.spec,
+        "created_at": study.created_at,
+        "started_at": study.started_at,
+        "finished_at": study.finished_at,
+        "change_seq": study.change_seq,
+    }
+
+
+def get_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
+    """A study with its trial counts, progress and best trial."""
+    with ctx.sessions() as s:
+        return _summary(s, _study(s, study_id))
+
+
+def list_studies(ctx: ServiceContext, offset: int, limit: int) -> dict[str, Any]:
+    """Studies, newest first."""
+    with ctx.sessions() as s:
+        count = s.scalar(select(func.count()).select_from(Study)) or 0
+        studies = s.scalars(select(Study).order_by(Study.id.desc()).offset(offset).limit(limit))
+        return {
+            "data": [_summary(s, st) for st in studies],
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+        }
+
+
+def stop_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
+    """No new trials start; running ones are told to stop at their next epoch."""
+    with unit_of_work(ctx.sessions) as s:
+        study = _study(s, study_id)
+        if study.status not in ACTIVE:
+            raise ConflictError(
+                f"study {study.name!r} is {study.status}; only a queued or "
+                "running study can be stopped"
+            )
+        study.status, study.status_reason, study.finished_at = (
+            "stopped",
+            "stopped by a user",
+            utcnow(),
+        )
+    log.info("study stopped", extra={"study": study.name})
+    return get_study(ctx, study_id)
+
+
+def resume_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
+    """A stopped (or failed) study runs again, toward the rest of its budget."""
+    with unit_of_work(ctx.sessions) as s:
+        study = _study(s, study_id)
+        if study.status not in ("stopped", "failed"):
+            raise ConflictError(
+                f"study {study.name!r} is {study.status}; only a stopped or "
+                "failed study can be resumed"
+            )
+        study.status = "running" if study.started_at else "queued"
+        study.status_reason, study.finished_at = None, None
+        spec = spec_of(study)
+        if spec.timeout_seconds:
+            study.deadline_at = utcnow() + timedelta(seconds=spec.timeout_seconds)
+    update_study_status(ctx, study_id)
+    log.info("study resumed", extra={"study": study.name})
+    return get_study(ctx, study_id)
+
+
+def delete_study(ctx: ServiceContext, study_id: int) -> None:
+    """Delete the study, its trials and Optuna's copy. Workers on its trials get 404."""
+    with unit_of_work(ctx.sessions) as s:
+        study = _study(s, study_id)
+        optuna_name, name = study.optuna_name, study.name
+        trial_ids = select(Trial.id).where(Trial.study_id == study_id)
+        s.execute(delete(TrialEpoch).where(TrialEpoch.trial_id.in_(trial_ids)))
+        s.execute(delete(Trial).where(Trial.study_id == study_id))
+        s.execute(delete(Study).where(Study.id == study_id))
+    optuna_bridge.delete_study(ctx.url, optuna_name)
+    log.info("study deleted", extra={"study": name})
+
+
+def _trial_public(trial: Trial, epochs: list[TrialEpoch] | None = None) -> dict[str, Any]:
+    duration = None
+    if trial.finished_at is not None:
+        duration = (trial.finished_at - trial.started_at).total_seconds()
+    out: dict[str, Any] = {
+        "number": trial.number,
+        "state": trial.state,
+        "params": trial.params,
+        "value": trial.value,
+        "reason": trial.reason,
+        "worker_id": trial.worker_id,
+        "attempt": trial.attempt,
+        "epochs_run": trial.epochs_run,
+        "duration_seconds": duration,
+        "train_seconds": trial.seconds,
+        "started_at": trial.started_at,
+        "finished_at": trial.finished_at,
+        "parameters": (trial.result or {}).get("parameters"),
+        "change_seq": trial.change_seq,
+    }
+    if epochs is not None:
+        out["epochs"] = [
+            {
+                "epoch": e.epoch,
+                "loss": e.loss,
+                "accuracy": e.accuracy,
+                "val_loss": e.val_loss,
+                "val_accuracy": e.val_accuracy,
+                "should_stop": e.should_stop,
+                "stop_reason": e.stop_reason,
+            }
+            for e in epochs
+        ]
+    return out
+
+
+def list_trials(
+    ctx: ServiceContext,
+    study_id: int,
+    state: str | None,
+    after: int | None,
+    offset: int,
+    limit: int,
+    sort: str = "number",
+    descending: bool = False,
+) -> dict[str, Any]:
+    """A page of a study's trials, sorted by ``sort`` (ties by number); with ``after``, only
+    those changed since that change number (``cursor`` is the value to pass next time)."""
+    with ctx.sessions() as s:
+        study = _study(s, study_id)
+        query = select(Trial).where(Trial.study_id == study_id)
+        if state is not None:
+            query = query.where(Trial.state == state)
+        if after is not None:
+            query = query.where(Trial.change_seq > after)
+        count = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+        key: Any = {
+            "number": Trial.number,
+            "value": Trial.value,
+            "epochs_run": Trial.epochs_run,
+            "state": Trial.state,
+            "duration": Trial.seconds,  # training time; wall time differs by start-up only
+        }[sort]
+        key = key.desc().nulls_last() if descending else key.asc().nulls_last()
+        trials = s.scalars(query.order_by(key, Trial.number).offset(offset).limit(limit)).all()
+        return {
+            "data": [_trial_public(t) for t in trials],
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+            "cursor": study.change_seq,
+        }
+
+
+def get_trial(ctx: ServiceContext, study_id: int, number: int) -> dict[str, Any]:
+    """One trial with the per-epoch metrics of its latest attempt."""
+    with ctx.sessions() as s:
+        _study(s, study_id)
+        trial = s.scalars(
+            select(Trial).where(Trial.study_id == study_id, Trial.number == number)
+        ).first()
+        if trial is None:
+            raise NotFoundError(f"study {study_id} has no trial number {number}")
+        epochs = s.scalars(
+            select(TrialEpoch)
+            .where(TrialEpoch.trial_id == trial.id, TrialEpoch.attempt == trial.attempt)
+            .order_by(TrialEpoch.epoch)
+        ).all()
+        return _trial_public(trial, list(epochs))
+
+
+def trials_csv(ctx: ServiceContext, study_id: int) -> Iterator[str]:
+    """The study's trials as CSV, one row per trial, one column per parameter."""
+    with ctx.sessions() as s:
+        study = _study(s, study_id)
+        spec = spec_of(study)
+        trials = s.scalars(
+            select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)
+        ).all()
+    names = sorted({*spec.space, *spec.fixed_params})
+    head = [
+        "number",
+        "state",
+        spec.objective.metric,
+        *names,
+        "epochs_run",
+        "duration_seconds",
+        "worker_id",
+        "attempt",
+        "reason",
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(head)
+    for t in trials:
+        public = _trial_public(t)
+        writer.writerow(
+            [
+                t.number,
+                t.state,
+                "" if t.value is None else repr(t.value),
+                *(_cell(t.params.get(n)) for n in names),
+                t.epochs_run,
+                public["duration_seconds"] or "",
+                t.worker_id or "",
+                t.attempt,
+                t.reason or "",
+            ]
+        )
+    yield buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)

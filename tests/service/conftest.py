@@ -1,0 +1,285 @@
+"""Real components: a fresh database per test module (a SQLite file or a new PostgreSQL
+database), real uvicorn API processes, real worker processes.
+
+PostgreSQL is expected at 127.0.0.1:5432 (user postgres, trust auth): the tests that need it fail,
+never skip, when it is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+POSTGRES_ADMIN = os.environ.get(
+    "HPSEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_database(backend: str, tmp: Path) -> tuple[str, Any]:
+    """A fresh, empty database: (SQLAlchemy URL, a function that drops it)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp / 'hpsearch.db'}", lambda: None
+    name = f"hps_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is expected at {POSTGRES_ADMIN} and is unreachable: {exc}")
+
+    def drop() -> None:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}", drop
+
+
+@dataclass
+class Api:
+    """A real uvicorn process serving the API on its own port."""
+
+    url: str
+    database_url: str
+    env: dict[str, str]
+    log: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "service.api.app:app_factory",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"API exited: {self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"API not ready in 60 s: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown of any kind."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def service_env(database_url: str, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "HPSEARCH_DATABASE_URL": database_url,
+            "HPSEARCH_LEASE_SECONDS": "4",
+            "HPSEARCH_REAPER_SECONDS": "0.5",
+            "HPSEARCH_IDLE_RETRY_SECONDS": "0.3",
+            "HPSEARCH_MAX_TRIALS": "500",
+            "HPSEARCH_LOG_FORMAT": "text",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One API process on a fresh database, for the whole module, on each backend."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    url, drop = make_database(request.param, tmp)
+    port = free_port()
+    server = Api(f"http://127.0.0.1:{port}", url, service_env(url), tmp / "api.log", port)
+    server.start()
+    yield server
+    server.stop()
+    drop()
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> Iterator[Any]:
+    """Start an API on a fresh database of the given backend: ``make_api("postgresql")``."""
+    made: list[tuple[Api, Any]] = []
+
+    def make(backend: str, **env: str) -> Api:
+        url, drop = make_database(backend, tmp_path / backend)
+        (tmp_path / backend).mkdir(exist_ok=True)
+        port = free_port()
+        server = Api(
+            f"http://127.0.0.1:{port}",
+            url,
+            service_env(url, **env),
+            tmp_path / f"api-{backend}.log",
+            port,
+        )
+        server.start()
+        made.append((server, drop))
+        return server
+
+    yield make
+    for server, drop in made:
+        server.stop()
+        drop()
+
+
+def wait_until_done(api: Api, study_id: int, timeout: float) -> dict[str, Any]:
+    """Poll a study until it is no longer queued or running; return it."""
+
+    def done() -> dict[str, Any] | None:
+        study: dict[str, Any] = api.http.get(f"/api/v1/studies/{study_id}").json()
+        return study if study["status"] not in ("queued", "running") else None
+
+    result: dict[str, Any] = wait_for(done, timeout, f"study {study_id} to finish", interval=1)
+    return result
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``hpsearch worker`` process."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """``kill -9`` of the worker and its trial process (a machine lost, in effect)."""
+        import psutil
+
+        parent = psutil.Process(self.process.pid)
+        for child in parent.children(recursive=True):
+            child.kill()
+        parent.kill()
+        self.process.wait()
+
+    def terminate(self, timeout: float = 120) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Any]:
+    """Start workers with ``workers(api_url, n)``; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(api_url: str, n: int = 1, prefix: str = "w", **extra: str) -> list[WorkerProcess]:
+        out = []
+        for _ in range(n):
+            worker_id = f"{prefix}{len(started) + 1}"
+            log = tmp_path / f"{worker_id}.log"
+            args = [
+                sys.executable,
+                "-m",
+                "hpsearch",
+                "worker",
+                "--api",
+                api_url,
+                "--id",
+                worker_id,
+                "--threads",
+                "1",
+                "--inter-op-threads",
+                "1",
+                "--connect-deadline",
+                "120",
+            ]
+            for key, value in extra.items():
+                args += [f"--{key.replace('_', '-')}", value]
+            with log.open("wb") as f:
+                process = subprocess.Popen(
+                    args,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "HPSEARCH_LOG_FORMAT": "text"},
+                )
+            wp = WorkerProcess(process, log)
+            started.append(wp)
+            out.append(wp)
+        return out
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.3) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def spec(name: str, **overrides: Any) -> dict[str, Any]:
+    """A small, fast study spec (synthetic data, small MLP); override any field."""
+    base: dict[str, Any] = {
+        "name": name,
+        "dataset": {
+            "name": "synthetic",
+            "n_samples": 400,
+            "n_features": 10,
+            "n_informative": 5,
+            "n_classes": 3,
+        },
+        "model": {"hidden_units": [16], "batch_norm": "before"},
+        "training": {"epochs": 3, "batch_size": 32, "optimizer": "sgd"},
+        "sampler": {"type": "random", "seed": 1},
+        "pruner": {"type": "none"},
+        "n_trials": 4,
+    }
+    base.update(overrides)
+    return base

@@ -1,0 +1,396 @@
+"""The worker protocol's guarantees, driven by fake workers over real HTTP (no training):
+idempotent ask, report and tell; leases; the exact budget under racing workers; stop, resume,
+delete; incremental polling; fair share between studies."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from tests.service.conftest import spec, wait_for
+
+METRICS = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.5}
+
+
+class FakeWorker:
+    """Speaks the protocol like ``hpsearch worker`` does, minus the training."""
+
+    def __init__(self, api_url: str, worker_id: str) -> None:
+        self.http = httpx.Client(base_url=api_url, timeout=30)
+        self.id = worker_id
+
+    def ask(self) -> dict[str, Any] | None:
+        r = self.http.post("/api/v1/workers/ask", json={"worker_id": self.id})
+        assert r.status_code in (200, 204), r.text
+        return r.json() if r.status_code == 200 else None
+
+    def report(self, trial: dict[str, Any], epoch: int, value: float = 0.5) -> httpx.Response:
+        return self.http.post(
+            f"/api/v1/trials/{trial['trial_id']}/report",
+            json={
+                "worker_id": self.id,
+                "attempt": trial["attempt"],
+                "epoch": epoch,
+                "metrics": {**METRICS, "val_accuracy": value},
+            },
+        )
+
+    def tell(
+        self, trial: dict[str, Any], state: str = "complete", value: float = 0.5, epochs: int = 1
+    ) -> httpx.Response:
+        result = {
+            "state": state,
+            "epochs_run": epochs,
+            "best_value": value,
+            "final_value": value,
+            "seconds": 0.1,
+            "epochs": [],
+        }
+        return self.http.post(
+            f"/api/v1/trials/{trial['trial_id']}/tell",
+            json={"worker_id": self.id, "attempt": trial["attempt"], "result": result},
+        )
+
+
+def create(api, name: str, **overrides: Any) -> dict[str, Any]:
+    response = api.http.post("/api/v1/studies", json=spec(name, **overrides))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def study(api, study_id: int) -> dict[str, Any]:
+    return api.http.get(f"/api/v1/studies/{study_id}").json()
+
+
+def drain(worker: FakeWorker) -> None:
+    """Finish whatever this worker holds (so that later tests start clean)."""
+    while (trial := worker.ask()) is not None:
+        worker.tell(trial)
+
+
+def test_asking_again_returns_the_same_running_trial(api) -> None:
+    s = create(api, "idempotent-ask", n_trials=3)
+    w = FakeWorker(api.url, "same-worker")
+    first, second = w.ask(), w.ask()
+    assert first["trial_id"] == second["trial_id"] and first["params"] == second["params"]
+    assert study(api, s["id"])["trial_counts"]["running"] == 1
+    assert first["settings"]["epochs"] == 3 and first["dataset"]["name"] == "synthetic"
+    drain(w)
+
+
+def test_repeated_report_changes_nothing_and_gets_the_same_answer(api) -> None:
+    create(api, "idempotent-report", n_trials=1)
+    w = FakeWorker(api.url, "reporter")
+    trial = w.ask()
+    one, again = w.report(trial, 1, 0.4), w.report(trial, 1, 0.9)
+    assert one.status_code == again.status_code == 200
+    assert one.json() == again.json()
+    detail = api.http.get(f"/api/v1/studies/{trial['study_id']}/trials/{trial['number']}").json()
+    assert [e["val_accuracy"] for e in detail["epochs"]] == [0.4]
+    w.tell(trial)
+
+
+def test_tell_for_a_finished_trial_gets_409_and_changes_nothing(api) -> None:
+    create(api, "tell-twice", n_trials=1)
+    w = FakeWorker(api.url, "teller")
+    trial = w.ask()
+    w.report(trial, 1, 0.7)
+    assert w.tell(trial, value=0.7).status_code == 200
+    again = w.tell(trial, value=0.1)
+    assert again.status_code == 409
+    assert "already complete" in again.json()["detail"]
+    detail = api.http.get(f"/api/v1/studies/{trial['study_id']}/trials/{trial['number']}").json()
+    assert detail["value"] == 0.7 and detail["state"] == "complete"
+
+
+def test_report_from_a_worker_without_the_lease_gets_409(api) -> None:
+    create(api, "wrong-worker", n_trials=1)
+    owner, intruder = FakeWorker(api.url, "owner"), FakeWorker(api.url, "intruder")
+    trial = owner.ask()
+    response = intruder.report(trial, 1)
+    assert response.status_code == 409 and "no longer leased" in response.json()["detail"]
+    owner.tell(trial)
+
+
+def test_exact_budget_with_many_workers_racing(api) -> None:
+    s = create(api, "race", n_trials=10)
+    finished: list[int] = []
+    lock = threading.Lock()
+
+    errors: list[str] = []
+
+    def run(worker_id: str) -> None:
+        w = FakeWorker(api.url, worker_id)
+        while (trial := w.ask()) is not None:
+            w.report(trial, 1)
+            told = w.tell(trial)
+            with lock:
+                if told.status_code != 200:
+                    errors.append(f"{worker_id}: tell -> {told.status_code} {told.text}")
+                finished.append(trial["number"])
+
+    threads = [threading.Thread(target=run, args=(f"racer-{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    final = study(api, s["id"])
+    assert final["status"] == "completed"
+    assert final["finished"] == 10 and final["trial_counts"]["complete"] == 10
+    assert sorted(finished) == sorted(set(finished)) and len(finished) == 10
+    assert api.http.get(f"/api/v1/studies/{s['id']}/trials").json()["count"] == 10
+
+
+def test_a_lost_worker_s_trial_is_rerun_with_the_same_parameters(api) -> None:
+    s = create(api, "lost-lease", n_trials=1)
+    lost, rescuer = FakeWorker(api.url, "lost"), FakeWorker(api.url, "rescuer")
+    first = lost.ask()
+    lost.report(first, 1)
+    # No heartbeat: after the lease (4 s) another worker gets the same trial, attempt 2.
+    second = wait_for(rescuer.ask, 15, "the lost trial to be handed out again")
+    assert second["trial_id"] == first["trial_id"] and second["params"] == first["params"]
+    assert second["attempt"] == 2
+    assert lost.report(first, 2).status_code == 409  # the old lease is gone
+    assert rescuer.tell(second).status_code == 200
+    final = study(api, s["id"])
+    assert final["status"] == "completed" and final["finished"] == 1
+    detail = api.http.get(f"/api/v1/studies/{s['id']}/trials/0").json()
+    assert "re-run: worker lost stopped heartbeating" in detail["reason"]
+
+
+def test_a_trial_lost_too_often_fails_for_good(api) -> None:
+    s = create(api, "lost-thrice", n_trials=1)
+    for attempt in range(1, 4):  # max_retries=2: three attempts, all lost
+        w = FakeWorker(api.url, f"doomed-{attempt}")
+        trial = wait_for(w.ask, 15, f"attempt {attempt}")
+        assert trial["attempt"] == attempt
+    final = wait_for(
+        lambda: (
+            ((st := study(api, s["id"]))["status"] != "running" and st)
+            or FakeWorker(api.url, "prober").ask()
+        ),
+        20,
+        "the trial to fail for good",
+    )
+    final = study(api, s["id"])
+    assert final["trial_counts"]["failed"] == 1 and final["finished"] == 1
+    detail = api.http.get(f"/api/v1/studies/{s['id']}/trials/0").json()
+    assert "its worker was lost 3 time(s)" in detail["reason"]
+
+
+def test_heartbeat_keeps_the_lease(api) -> None:
+    create(api, "heartbeat", n_trials=1)
+    w, other = FakeWorker(api.url, "beating"), FakeWorker(api.url, "waiting")
+    trial = w.ask()
+    for _ in range(6):  # 6 s > the 4 s lease, renewed every second
+        beat = w.http.post(
+            f"/api/v1/trials/{trial['trial_id']}/heartbeat", json={"worker_id": w.id, "attempt": 1}
+        )
+        assert beat.status_code == 200 and beat.json()["should_stop"] is False
+        time.sleep(1)
+    assert other.ask() is None  # still leased: nothing else to do in this study
+    assert w.tell(trial).status_code == 200
+
+
+def test_stop_prunes_running_trials_and_starts_no_new_ones_then_resume(api) -> None:
+    s = create(api, "stop-resume", n_trials=3)
+    w = FakeWorker(api.url, "stopper")
+    trial = w.ask()
+    stopped = api.http.post(f"/api/v1/studies/{s['id']}/stop").json()
+    assert stopped["status"] == "stopped"
+    answer = w.report(trial, 1).json()
+    assert answer == {"should_stop": True, "reason": "stopped with the study at epoch 1"}
+    assert w.tell(trial, state="pruned").status_code == 200
+    assert w.ask() is None
+    detail = api.http.get(f"/api/v1/studies/{s['id']}/trials/{trial['number']}").json()
+    assert detail["state"] == "pruned" and detail["reason"] == "stopped with the study at epoch 1"
+    assert api.http.post(f"/api/v1/studies/{s['id']}/stop").status_code == 409
+    assert api.http.post(f"/api/v1/studies/{s['id']}/resume").json()["status"] == "running"
+    drain(w)
+    final = study(api, s["id"])
+    assert final["status"] == "completed" and final["finished"] == 3
+
+
+def test_delete_removes_the_study_and_frees_its_workers(api) -> None:
+    s = create(api, "to-delete", n_trials=2)
+    w = FakeWorker(api.url, "deleter")
+    trial = w.ask()
+    assert api.http.delete(f"/api/v1/studies/{s['id']}").status_code == 204
+    assert api.http.get(f"/api/v1/studies/{s['id']}").status_code == 404
+    assert w.report(trial, 1).status_code == 404
+    assert w.ask() is None
+
+
+def test_incremental_polling_returns_only_changed_trials(api) -> None:
+    s = create(api, "polling", n_trials=3)
+    w = FakeWorker(api.url, "poller")
+    first = w.ask()
+    w.tell(first)
+    page = api.http.get(f"/api/v1/studies/{s['id']}/trials").json()
+    cursor = page["cursor"]
+    second = w.ask()
+    changed = api.http.get(f"/api/v1/studies/{s['id']}/trials", params={"after": cursor}).json()
+    assert [t["number"] for t in changed["data"]] == [second["number"]]
+    nothing = api.http.get(
+        f"/api/v1/studies/{s['id']}/trials", params={"after": changed["cursor"]}
+    ).json()
+    assert nothing["data"] == []
+    drain(w)
+    complete = api.http.get(
+        f"/api/v1/studies/{s['id']}/trials", params={"state": "complete", "limit": 2}
+    ).json()
+    assert complete["count"] == 3 and len(complete["data"]) == 2
+
+
+def test_csv_export_has_a_row_per_trial_and_a_column_per_parameter(api) -> None:
+    s = create(api, "csv", n_trials=2)
+    drain(FakeWorker(api.url, "csv-worker"))
+    response = api.http.get(f"/api/v1/studies/{s['id']}/trials.csv")
+    assert response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().splitlines()
+    assert lines[0].startswith("number,state,val_accuracy,")
+    assert "learning_rate" in lines[0] and "clip_threshold" in lines[0]
+    assert len(lines) == 3
+
+
+def test_workers_share_out_over_running_studies(api) -> None:
+    a, b = create(api, "fair-a", n_trials=4), create(api, "fair-b", n_trials=4)
+    held = [FakeWorker(api.url, f"fair-{i}").ask() for i in range(4)]
+    per_study = {a["id"]: 0, b["id"]: 0}
+    for trial in held:
+        per_study[trial["study_id"]] += 1
+    assert per_study == {a["id"]: 2, b["id"]: 2}
+    for i, trial in enumerate(held):
+        FakeWorker(api.url, f"fair-{i}").tell(trial)
+    drain(FakeWorker(api.url, "fair-0"))
+
+
+def test_seeded_random_sampler_spreads_learning_rates_log_uniformly(api) -> None:
+    s = create(
+        api,
+        "log-uniform",
+        n_trials=60,
+        search_space={"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+    )
+    w = FakeWorker(api.url, "sampler")
+    rates = []
+    while (trial := w.ask()) is not None:
+        rates.append(trial["params"]["learning_rate"])
+        w.tell(trial)
+    assert len(rates) == 60 and all(1e-4 <= r <= 1e-1 for r in rates)
+    below = sum(r < 10**-2.5 for r in rates)
+    assert 18 <= below <= 42, below  # 30 expected; binomial(60, 0.5) within +-3 sd
+    # Seeded: the same seed samples the same values whichever process serves the trial.
+    again = create(api, "log-uniform-again", n_trials=3, search_space=s["spec"]["search_space"])
+    replay = [w.ask()["params"]["learning_rate"] for _ in range(1)]
+    assert replay[0] == rates[0]
+    drain(w)
+    assert again["id"] != s["id"]
+
+
+def test_report_without_all_metrics_gets_422(api) -> None:
+    create(api, "partial-metrics", n_trials=1)
+    w = FakeWorker(api.url, "partial")
+    trial = w.ask()
+    response = w.http.post(
+        f"/api/v1/trials/{trial['trial_id']}/report",
+        json={"worker_id": w.id, "attempt": 1, "epoch": 1, "metrics": {"loss": 1.0}},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "metrics"
+    w.tell(trial)
+
+
+def test_study_time_limit_starts_no_trial_after_the_deadline(api) -> None:
+    s = create(api, "time-limit", n_trials=50, timeout_seconds=1.5)
+    w = FakeWorker(api.url, "timed")
+    trial = w.ask()
+    time.sleep(2)
+    w.tell(trial)
+    assert w.ask() is None
+    final = wait_for(
+        lambda: (st := study(api, s["id"]))["status"] == "completed" and st,
+        10,
+        "the study to complete at its deadline",
+    )
+    assert final["finished"] == 1
+    assert final["status_reason"] == "time limit reached after 1 of 50 trials"
+
+
+def test_a_study_whose_first_trials_all_fail_is_failed(api) -> None:
+    s = create(api, "all-fail", n_trials=20)
+    w = FakeWorker(api.url, "failing")
+    for _ in range(5):
+        trial = w.ask()
+        result = w.http.post(
+            f"/api/v1/trials/{trial['trial_id']}/tell",
+            json={
+                "worker_id": w.id,
+                "attempt": 1,
+                "result": {"state": "failed", "reason": "ValueError: broken data", "epochs_run": 0},
+            },
+        )
+        assert result.status_code == 200
+    final = study(api, s["id"])
+    assert final["status"] == "failed"
+    assert "its first 5 trials all failed; last: ValueError: broken data" in final["status_reason"]
+    assert w.ask() is None
+
+
+def test_an_optuna_trial_orphaned_by_an_api_crash_is_adopted_and_run(api) -> None:
+    """A crash between Optuna's ask and our record leaves a running Optuna trial we never
+    handed out: the reaper adopts it once it is older than a lease, and a worker runs it."""
+    import optuna
+    import sqlalchemy
+
+    from service.optuna_bridge import distributions
+    from service.spec import StudySpec
+
+    s = create(api, "orphan", n_trials=2)
+    engine = sqlalchemy.create_engine(api.database_url)
+    with engine.connect() as c:
+        optuna_name = c.execute(
+            sqlalchemy.text("SELECT optuna_name FROM hps_studies WHERE id = :id"), {"id": s["id"]}
+        ).scalar_one()
+    engine.dispose()
+    storage = optuna.storages.RDBStorage(api.database_url)
+    orphan = optuna.load_study(study_name=optuna_name, storage=storage).ask(
+        distributions(StudySpec.model_validate(s["spec"]))
+    )
+    wait_for(
+        lambda: study(api, s["id"])["trial_counts"]["running"] == 1,
+        15,
+        "the reaper to adopt the orphan",
+    )
+    w = FakeWorker(api.url, "adopter")
+    trial = w.ask()
+    assert trial["trial_id"] == orphan._trial_id and trial["number"] == 0
+    assert trial["params"]["learning_rate"] == orphan.params["learning_rate"]
+    assert w.tell(trial).status_code == 200
+    drain(w)
+    final = study(api, s["id"])
+    assert final["status"] == "completed" and final["finished"] == 2
+    detail = api.http.get(f"/api/v1/studies/{s['id']}/trials/0").json()
+    assert detail["reason"].startswith("recovered: created just before an API crash")
+    storage.remove_session()
+
+
+def test_a_new_worker_asking_twice_at_once_is_registered_once(api) -> None:
+    create(api, "twin-asks", n_trials=2)
+    answers: list[int] = []
+
+    def ask() -> None:
+        r = httpx.post(f"{api.url}/api/v1/workers/ask", json={"worker_id": "twin"}, timeout=30)
+        answers.append(r.status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [200, 200, 200, 200]
+    drain(FakeWorker(api.url, "twin"))
