@@ -1,0 +1,261 @@
+"""The dashboard and API with a large study: seeds N finished trials into a fresh SQLite
+database, starts a real API, and measures with real HTTP and a real browser:
+
+- GET /api/v1/studies/{id} and a page of 100 trials: p50 and p99 over 50 requests;
+- GET .../analysis (the plots' data): time and size;
+- the study page in chromium: navigation to a drawn trial table, and to every plot drawn.
+
+    python benchmarks/dashboard_load.py --trials 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import optuna
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import insert, update
+
+from service import studies
+from service.config import Settings
+from service.context import ServiceContext
+from service.db.migrate import upgrade
+from service.db.models import Study, Trial, TrialEpoch, utcnow
+from service.optuna_bridge import distributions, optuna_storage
+from service.spec import StudySpec
+
+EPOCHS = 5
+
+
+def seed(url: str, n: int) -> int:
+    """A completed study of ``n`` trials (a third pruned after 1-2 epochs); returns its id."""
+    ctx = ServiceContext.from_settings(Settings(database_url=url))
+    upgrade(ctx.engine)
+    body = {
+        "name": f"large-{n}",
+        "dataset": {"name": "digits"},
+        "n_trials": n,
+        "training": {"epochs": EPOCHS},
+        "sampler": {"type": "random", "seed": 0},
+    }
+    study_id = int(studies.create_study(ctx, body)["id"])
+    with ctx.sessions() as s:
+        row = s.get(Study, study_id)
+        assert row is not None
+        spec, optuna_name = StudySpec.model_validate(row.spec), row.optuna_name
+    dists = distributions(spec)
+    rng = np.random.default_rng(0)
+    frozen, ours = [], []
+    for _ in range(n):
+        params = {
+            name: d.to_external_repr(d.to_internal_repr(_sample(d, rng)))
+            for name, d in dists.items()
+        }
+        pruned = rng.random() < 1 / 3
+        epochs = int(rng.integers(1, 3)) if pruned else EPOCHS
+        curve = [
+            float(0.5 + 0.45 * (1 - np.exp(-(e + 1) * rng.uniform(0.2, 1.0))))
+            for e in range(epochs)
+        ]
+        state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE
+        frozen.append(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dists,
+                state=state,
+                value=None if pruned else max(curve),
+                intermediate_values=dict(enumerate(curve, start=1)),
+            )
+        )
+        ours.append((params, "pruned" if pruned else "complete", curve))
+    study = optuna.load_study(study_name=optuna_name, storage=optuna_storage(url))
+    study.add_trials(frozen)
+    ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
+    now = utcnow()
+    with ctx.sessions() as s, s.begin():
+        s.execute(
+            insert(Trial),
+            [
+                {
+                    "id": ids[i],
+                    "study_id": study_id,
+                    "number": i,
+                    "state": state,
+                    "params": {**spec.fixed_params, **params},
+                    "value": max(curve) if state == "complete" else curve[-1],
+                    "epochs_run": len(curve),
+                    "seconds": 1.0 + len(curve),
+                    "worker_id": f"w{i % 8}",
+                    "attempt": 1,
+                    "started_at": now,
+                    "finished_at": now,
+                    "change_seq": i + 1,
+                    "reason": f"pruned at epoch {len(curve)} by the median pruner"
+                    if state == "pruned"
+                    else None,
+                }
+                for i, (params, state, curve) in enumerate(ours)
+            ],
+        )
+        s.execute(
+            insert(TrialEpoch),
+            [
+                {
+                    "trial_id": ids[i],
+                    "attempt": 1,
+                    "epoch": e + 1,
+                    "loss": 1 - v,
+                    "accuracy": v,
+                    "val_loss": 1 - v,
+                    "val_accuracy": v,
+                    "should_stop": state == "pruned" and e + 1 == len(curve),
+                }
+                for i, (_, state, curve) in enumerate(ours)
+                for e, v in enumerate(curve)
+            ],
+        )
+        s.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(
+                n_allocated=n, status="completed", started_at=now, finished_at=now, change_seq=n
+            )
+        )
+    ctx.engine.dispose()
+    return study_id
+
+
+def _sample(d: Any, rng: np.random.Generator) -> Any:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return d.choices[int(rng.integers(len(d.choices)))]
+    if getattr(d, "log", False):
+        return float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
+    return float(rng.uniform(d.low, d.high))
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(samples, n=100, method="inclusive")
+    return 1000 * statistics.median(samples), 1000 * q[98]
+
+
+def measure(api: str, study_id: int, chromium: str) -> dict[str, float]:
+    """Latencies of the API and the page's time to interactive."""
+    out: dict[str, float] = {}
+    with httpx.Client(base_url=api, timeout=60) as http:
+        for name, path in (
+            ("study", f"/api/v1/studies/{study_id}"),
+            ("trials page", f"/api/v1/studies/{study_id}/trials?limit=100&offset=5000"),
+        ):
+            http.get(path)
+            times = []
+            for _ in range(50):
+                t = time.perf_counter()
+                http.get(path).raise_for_status()
+                times.append(time.perf_counter() - t)
+            out[f"{name} p50 ms"], out[f"{name} p99 ms"] = _percentiles(times)
+        t = time.perf_counter()
+        analysis = http.get(f"/api/v1/studies/{study_id}/analysis")
+        out["analysis ms"] = 1000 * (time.perf_counter() - t)
+        out["analysis kB"] = len(analysis.content) / 1024
+        t = time.perf_counter()
+        http.get(f"/api/v1/studies/{study_id}/importance").raise_for_status()
+        out["importance ms (first)"] = 1000 * (time.perf_counter() - t)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        for run in range(3):
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{api}/#/studies/{study_id}")
+            page.wait_for_selector("#trials tr[data-state]", timeout=60_000)
+            table = page.evaluate("performance.now()")
+            page.wait_for_function(
+                "() => ['plot-history','plot-curves','plot-parallel','plot-importance']"
+                ".every(id => document.querySelector('#' + id + ' .main-svg'))",
+                timeout=60_000,
+            )
+            plots = page.evaluate("performance.now()")
+            out[f"page: table drawn ms (run {run + 1})"] = table
+            out[f"page: all plots drawn ms (run {run + 1})"] = plots
+            page.close()
+        browser.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'large.db'}"
+        t = time.perf_counter()
+        study_id = seed(url, args.trials)
+        seeded = time.perf_counter() - t
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "HPSEARCH_DATABASE_URL": url, "HPSEARCH_LOG_LEVEL": "WARNING"}
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.api.app:app_factory",
+                "--factory",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
+        api = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    if httpx.get(f"{api}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            figures = measure(api, study_id, args.chromium)
+        finally:
+            server.terminate()
+            server.wait()
+    table = Table(
+        title=f"Dashboard and API with a {args.trials:,}-trial study (seeded in {seeded:.0f} s)"
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    targets = {"study p99 ms": "<= 50", "trials page p99 ms": "<= 50"}
+    for key, value in figures.items():
+        target = targets.get(key, "<= 2000" if key.startswith("page: table") else "")
+        table.add_row(key, f"{value:.1f}", target)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

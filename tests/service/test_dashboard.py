@@ -1,0 +1,195 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright) against a real API
+with real workers. Screenshots land in build/screenshots (or $HPSEARCH_SCREENSHOTS)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.service.conftest import wait_for
+
+CHROMIUM = os.environ.get("HPSEARCH_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(
+    os.environ.get("HPSEARCH_SCREENSHOTS", Path(__file__).parents[2] / "build" / "screenshots")
+)
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"the browser tests need chromium at {CHROMIUM} (make test installs it)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+class Tab:
+    """A page that records console errors and failed requests, and takes screenshots."""
+
+    def __init__(self, browser: Any, width: int = 1280, height: int = 900) -> None:
+        self.context = browser.new_context(
+            viewport={"width": width, "height": height}, accept_downloads=True
+        )
+        self.page: Page = self.context.new_page()
+        self.errors: list[str] = []
+        self.expected: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("requestfailed", lambda r: self.errors.append(f"{r.url}: {r.failure}"))
+
+    def expect_console_error(self, text: str) -> None:
+        """Chromium logs every 4xx answer as a console error, the API's deliberate 422 too:
+        declare it before causing it. Any other error still fails the test."""
+        self.expected.append(text)
+
+    def _console(self, message: Any) -> None:
+        if message.type != "error":
+            return
+        for i, text in enumerate(self.expected):
+            if text in message.text:
+                del self.expected[i]
+                return
+        self.errors.append(message.text)
+
+    def shot(self, name: str) -> Path:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def test_launch_watch_prune_stop_and_download_in_a_browser(make_api, workers, browser) -> None:
+    api = make_api("sqlite")
+    workers(api.url, 2)
+    tab = Tab(browser)
+    page = tab.page
+    page.goto(f"{api.url}/#/new")
+    page.wait_for_selector("#launch")
+    page.fill('[data-field="name"]', "browser-study")
+    page.fill('[data-field="n_trials"]', "40")
+    page.fill('[data-field="training.epochs"]', "4")
+    page.fill('[data-field="model.hidden_units"]', "64")
+    page.fill('[data-field="pruner.n_startup_trials"]', "2")
+    page.fill('[data-field="sampler.seed"]', "3")
+
+    # A bad range: the API's 422 shows next to the field it concerns.
+    page.fill('[data-field="search_space.learning_rate.low"]', "0.5")
+    tab.expect_console_error("status of 422")
+    page.click("#launch")
+    error = page.locator('.field-error[data-for="search_space.learning_rate.low"]')
+    error.wait_for()
+    wait_for(lambda: "must be below high" in error.inner_text(), 10, "the field error")
+    assert "invalid" in (
+        page.get_attribute('[data-field="search_space.learning_rate.low"]', "class") or ""
+    )
+    tab.shot("01-form-field-error")
+
+    # Fixed, it launches and the page follows the study.
+    page.fill('[data-field="search_space.learning_rate.low"]', "0.0001")
+    page.click("#launch")
+    page.wait_for_url("**/#/studies/*")
+    study_id = int(page.url.rsplit("/", 1)[1])
+    page.wait_for_selector("#trials tr[data-state]", timeout=120_000)
+    assert page.inner_text("#study-status") in ("running", "queued")
+    tab.shot("02-study-running")
+
+    # Trials appear while it runs; a pruned trial's curve is cut short.
+    def pruned_curve() -> list[int]:
+        # The pruned trace holds one segment per pruned trial, separated by gaps (null).
+        lengths: list[int] = page.evaluate(
+            """() => (document.getElementById('plot-curves').data || [])
+                 .filter(t => t.name === 'pruned')
+                 .flatMap(t => t.x.join(',').split(',,').filter(s => s)
+                 .map(s => s.split(',').filter(v => v !== '').length))"""
+        )
+        return lengths
+
+    lengths = wait_for(pruned_curve, 180, "a pruned trial's curve")
+    assert min(lengths) < 4
+    assert int(page.inner_text("#count-pruned")) >= 1
+    rows = page.locator("#trials tbody tr[data-state]").count()
+    assert rows >= 2
+    pruned_row = page.locator('#trials tr[data-state="pruned"]').first
+    assert "pruned at epoch" in pruned_row.inner_text()
+    tab.shot("03-pruned-curves")
+
+    # Stop: no new trials start; the status says so.
+    page.click("#stop")
+    wait_for(lambda: page.inner_text("#study-status") == "stopped", 20, "the stopped status")
+    assert page.is_disabled("#stop") and page.is_enabled("#resume")
+
+    # CSV download: one row per trial.
+    with page.expect_download() as download:
+        page.click("#csv")
+    text = Path(download.value.path()).read_text()
+    table = list(csv.reader(io.StringIO(text)))
+    assert table[0][:3] == ["number", "state", "val_accuracy"]
+    assert "learning_rate" in table[0]
+    api_count = api.http.get(f"/api/v1/studies/{study_id}/trials").json()["count"]
+    assert len(table) - 1 == api_count
+
+    # Best trial: parameters shown, copied as JSON.
+    page.wait_for_selector("#best-params")
+    page.click("#copy-best")
+    page.wait_for_selector("#copied:text('copied')")
+    tab.shot("04-stopped")
+    assert tab.errors == []
+    tab.close()
+
+    # At 390 px: the study page fits the width (tables scroll inside their box).
+    narrow = Tab(browser, width=390, height=844)
+    narrow.page.goto(f"{api.url}/#/studies/{study_id}")
+    narrow.page.wait_for_selector("#trials tr[data-state]")
+    width = narrow.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, width
+    narrow.shot("05-study-390px")
+    narrow.page.goto(f"{api.url}/#/")
+    narrow.page.wait_for_selector(f'tr[data-study-id="{study_id}"]')
+    assert narrow.page.evaluate("document.documentElement.scrollWidth") <= 390
+    narrow.shot("06-list-390px")
+    assert narrow.errors == []
+    narrow.close()
+
+
+def test_pasted_json_spec_launches_and_its_errors_show(make_api, browser) -> None:
+    api = make_api("sqlite")
+    tab = Tab(browser)
+    page = tab.page
+    page.goto(f"{api.url}/#/new")
+    page.wait_for_selector("#spec-json")
+    page.fill("#spec-json", '{"name": "pasted", "dataset": {"name": "digits"}, "n_trials": 0}')
+    tab.expect_console_error("status of 422")
+    page.click("#launch-json")
+    page.wait_for_selector("#json-errors:has-text('n_trials')")
+    page.fill("#spec-json", '{"name": "pasted", "dataset": {"name": "digits"}, "n_trials": 3}')
+    page.click("#launch-json")
+    page.wait_for_url("**/#/studies/*")
+    page.wait_for_selector("#study-status")
+    assert "pasted" in page.inner_text("h1")
+    page.goto(f"{api.url}/#/")
+    page.wait_for_selector("#studies tr[data-study-id]")
+    assert "0 / 3" in page.inner_text("#studies")
+    tab.shot("07-list")
+    assert tab.errors == []
+    tab.close()
