@@ -177,12 +177,15 @@ def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | N
     if frozen.state.is_finished():
         return
     study = optuna.load_study(study_name=optuna_name, storage=storage)
-    if state == "complete" and value is not None:
-        study.tell(frozen.number, value, skip_if_finished=True)
-    elif state == "pruned":
-        study.tell(frozen.number, state=OptunaState.PRUNED, skip_if_finished=True)
-    else:
-        study.tell(frozen.number, state=OptunaState.FAIL, skip_if_finished=True)
+    # Another process (a second API's reaper) may finish the same trial between the check above
+    # and the write below; it wrote the same state, read from the same row of ours.
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        if state == "complete" and value is not None:
+            study.tell(frozen.number, value, skip_if_finished=True)
+        elif state == "pruned":
+            study.tell(frozen.number, state=OptunaState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(frozen.number, state=OptunaState.FAIL, skip_if_finished=True)
 
 
 def running_trials(url: str, optuna_name: str) -> list[tuple[int, float, dict[str, Any]]]:
