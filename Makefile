@@ -45,12 +45,14 @@ unit: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## bench: the benchmark suite (slow; prints one table per benchmark)
-bench: $(STAMP)
+bench: $(STAMP) browser
 	$(BIN)/python benchmarks/worker_memory.py --trials 200 --no-recycle
+	$(BIN)/python benchmarks/dashboard_load.py --trials 10000
 
 ## bench-quick: checks that the benchmarks still run, never that a timing holds
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) browser
 	$(BIN)/python benchmarks/worker_memory.py --trials 6 --recycle-after 3 --epochs 1
+	$(BIN)/python benchmarks/dashboard_load.py --trials 200
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

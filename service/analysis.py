@@ -4,8 +4,15 @@ trial objects, with learning curves capped, so a 10,000-trial study stays quick 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from sqlalchemy import select
@@ -18,11 +25,13 @@ from service.scheduling import spec_of
 from service.spec import Categorical
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Learning curves beyond this many would only draw a solid block: the best trials and the
 # newest ones are kept.
 MAX_CURVES = 300
 MIN_TRIALS_FOR_IMPORTANCE = 5
+IMPORTANCE_TIMEOUT = 300.0
 
 
 def study_analysis(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
@@ -125,8 +134,78 @@ def param_importance(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
     }
 
 
+class _Analyst:
+    """One process of its own, started on first use, that computes parameter importance.
+
+    Importing Optuna's evaluators takes seconds where scikit-learn is installed (it pulls in scipy
+    and pandas), and the first read of a 10,000-trial study from storage takes seconds more; in
+    its own process that work never holds the API's GIL, so workers' reports and the page's other
+    requests stay quick meanwhile. The process keeps Optuna's trial cache between calls."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._retired: ProcessPoolExecutor | None = None  # shut down on purpose: no retry
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        for attempt in (1, 2):
+            with self._lock:
+                if self._pool is None:
+                    context = multiprocessing.get_context("spawn")
+                    self._pool = ProcessPoolExecutor(
+                        max_workers=1, mp_context=context, initializer=_exit_with_parent
+                    )
+                pool = self._pool
+            try:
+                return pool.submit(fn, *args).result(IMPORTANCE_TIMEOUT)
+            except BrokenProcessPool:  # the process died (e.g. killed): start a new one, once
+                if pool is self._retired:
+                    raise RuntimeError("parameter importance: the API is shutting down") from None
+                log.warning("importance process lost", extra={"attempt": attempt})
+                with self._lock:
+                    if self._pool is pool:
+                        self._pool = None
+        raise RuntimeError("parameter importance: the importance process died twice")
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._retired = pool
+        if pool is not None:
+            # A computation may be under way: end the process rather than wait for it (Python
+            # 3.14's terminate_workers() does this; before it, only through _processes).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_analyst = _Analyst()
+
+
+def shutdown() -> None:
+    """Stop the importance process, if it was started (the API's shutdown)."""
+    _analyst.shutdown()
+
+
 @lru_cache(maxsize=64)
 def _importances(url: str, optuna_name: str, complete: int) -> dict[str, float]:
+    return _analyst.run(_compute_importances, url, optuna_name)
+
+
+def _exit_with_parent() -> None:
+    """In the importance process: exit as soon as the API process is gone, however it ended."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _compute_importances(url: str, optuna_name: str) -> dict[str, float]:
+    """Runs in the importance process."""
     study = optuna.load_study(study_name=optuna_name, storage=optuna_bridge.optuna_storage(url))
     try:
         result = optuna.importance.get_param_importances(

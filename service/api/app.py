@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
+from service import analysis
 from service.api.errors import install_error_handlers
 from service.api.routes import analysis_router, health, studies_router, workers_router
 from service.config import Settings, get_settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stop.set()
             thread.join(timeout=10)
+            analysis.shutdown()
             ctx.engine.dispose()
 
     app = FastAPI(

@@ -157,10 +157,14 @@ def test_launch_watch_prune_stop_and_download_in_a_browser(make_api, workers, br
     assert tab.errors == []
     tab.close()
 
-    # At 390 px: the study page fits the width (tables scroll inside their box).
+    # At 390 px: the study page, plots drawn, fits the width (tables scroll inside their box).
     narrow = Tab(browser, width=390, height=844)
     narrow.page.goto(f"{api.url}/#/studies/{study_id}")
     narrow.page.wait_for_selector("#trials tr[data-state]")
+    for plot in ("history", "curves", "parallel", "param-learning_rate"):
+        narrow.page.wait_for_selector(f"#plot-{plot} .main-svg", timeout=60_000)
+    # Importance: drawn, or the count still needed (with fewer than 5 complete trials).
+    narrow.page.wait_for_selector("#plot-importance .main-svg, #plot-importance p", timeout=60_000)
     width = narrow.page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, width
     narrow.shot("05-study-390px")

@@ -58,6 +58,20 @@ async function api(path, options = {}) {
 
 function badge(state) { return `<span class="badge s-${esc(state)}">${esc(state)}</span>`; }
 
+// plotly.js (3.5 MB) loads only when a study's plots are about to draw, so the studies list,
+// the form and a study's table never wait for it.
+let plotlyLoaded = null;
+function loadPlotly() {
+  plotlyLoaded ??= new Promise((resolve, reject) => {
+    const script = Object.assign(document.createElement("script"),
+                                 { src: "/static/vendor/plotly.min.js", async: true });
+    script.onload = resolve;
+    script.onerror = () => { plotlyLoaded = null; reject(new Error("could not load plotly.js")); };
+    document.head.append(script);
+  });
+  return plotlyLoaded;
+}
+
 function plot(id, traces, layout) {
   const el = document.getElementById(id);
   if (!el || !window.Plotly) return;
@@ -439,15 +453,17 @@ async function drawTrials(id, state) {
 const STATE_COLORS = { complete: "#2563eb", pruned: "#d97706", running: "#9ca3af",
                        diverged: "#b91c1c", timed_out: "#b91c1c", failed: "#b91c1c" };
 
-// Lets the browser paint and handle input between two plots, so a large study's plots never
-// block the page for long.
-const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve)));
+// Lets the browser paint and handle input between two plots: the next plot is a background task,
+// so a click, and the requests and drawing it starts, go first.
+const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() =>
+  window.scheduler?.postTask ? scheduler.postTask(resolve, { priority: "background" })
+                             : setTimeout(resolve)));
 const MAX_PARALLEL = 1000;
 
 async function drawPlots(id) {
+  const [a] = await Promise.all([api(`/studies/${id}/analysis`), loadPlotly()]);
   // Importance may take seconds the first time on a large study: it draws when it comes.
   api(`/studies/${id}/importance`).then(drawImportance).catch((e) => console.warn(e.message));
-  const a = await api(`/studies/${id}/analysis`);
   const t = a.trials, metric = a.objective.metric, maximize = a.objective.direction === "maximize";
   // Optimization history: every finished trial's value, and the best so far.
   const done = t.number.map((n, i) => i).filter((i) => t.value[i] !== null);
