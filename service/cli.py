@@ -39,6 +39,20 @@ def register(subparsers: Any) -> None:
     migrate = subparsers.add_parser("migrate", help="create or upgrade the database schema")
     migrate.set_defaults(handler=run_migrate)
 
+    dashboard = subparsers.add_parser(
+        "dashboard",
+        help="Optuna's own dashboard (optuna-dashboard) over the service's database",
+        description="Serve optuna-dashboard over the same storage as the API "
+        "(HPSEARCH_DATABASE_URL, or SQLite under --data-dir). It runs on a port of its own: it "
+        "only works mounted at /, so it cannot sit under the API's URL.",
+    )
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument(
+        "--data-dir", type=Path, default=None, help="where the SQLite database lives"
+    )
+    dashboard.set_defaults(handler=run_dashboard)
+
     study = subparsers.add_parser("study", help="launch and manage studies through the API")
     study.add_argument("--api", default=DEFAULT_API, help="the API's URL (env HPSEARCH_API_URL)")
     actions = study.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -145,6 +159,29 @@ def run_migrate(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     upgrade(make_engine(settings.url))
     print(f"hpsearch: schema up to date at {settings.url}", file=sys.stderr)
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    """``hpsearch dashboard``: optuna-dashboard over the service's storage."""
+    try:
+        from optuna_dashboard import run_server
+    except ModuleNotFoundError:
+        print(
+            "hpsearch: optuna-dashboard is not installed: pip install 'hpsearch[optuna-dashboard]'",
+            file=sys.stderr,
+        )
+        return 2
+    from service.config import Settings
+    from service.optuna_bridge import optuna_storage
+
+    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    print(
+        f"hpsearch: optuna-dashboard on http://{args.host}:{args.port} over {settings.url} "
+        "(each study's hpsearch name is in its user attributes)",
+        file=sys.stderr,
+    )
+    run_server(optuna_storage(settings.url), host=args.host, port=args.port)
     return 0
 
 

@@ -129,12 +129,15 @@ def build_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def create_study(url: str, optuna_name: str, spec: StudySpec) -> None:
-    """Create the Optuna study that will hold this study's trials."""
-    optuna.create_study(
+    """Create the Optuna study that will hold this study's trials, named after ours in its user
+    attributes for tools that read Optuna's storage directly (optuna-dashboard)."""
+    study = optuna.create_study(
         storage=optuna_storage(url),
         study_name=optuna_name,
         direction=spec.objective.resolved_direction,
     )
+    study.set_user_attr("hpsearch_study", spec.name)
+    study.set_user_attr("objective", spec.objective.metric)
 
 
 def load_study(url: str, optuna_name: str, spec: StudySpec) -> optuna.Study:
