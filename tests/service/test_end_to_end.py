@@ -93,6 +93,10 @@ def test_make_run_study_completes_with_two_workers_on_sqlite(tmp_path: Path) -> 
         assert (tmp_path / "data" / "hpsearch.db").is_file()
         workers = {t["worker_id"] for t in all_trials(Api, response.json()["id"])}
         assert workers == {"local-1", "local-2"}
+        # Importance runs in a process of its own, spawned by serve.
+        importance = Api.http.get(f"/api/v1/studies/{response.json()['id']}/importance")
+        assert importance.status_code == 200, importance.text
+        assert set(importance.json()["importances"]) == set(ISSUE_SPEC["search_space"])
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(90)
