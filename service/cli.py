@@ -153,12 +153,19 @@ def run_migrate(args: argparse.Namespace) -> int:
     from hpsearch.logs import configure_logging
     from service.config import Settings
     from service.db.migrate import upgrade
-    from service.db.session import make_engine
+    from service.db.session import DatabaseUnreachableError, make_engine, wait_for_database
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    upgrade(make_engine(settings.url))
-    print(f"hpsearch: schema up to date at {settings.url}", file=sys.stderr)
+    engine = make_engine(settings.url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        wait_for_database(engine, settings.database_wait_seconds)
+    except DatabaseUnreachableError as exc:
+        print(f"hpsearch migrate: {exc}; giving up", file=sys.stderr)
+        return 3
+    upgrade(engine)
+    print(f"hpsearch: schema up to date at {where}", file=sys.stderr)
     return 0
 
 
@@ -172,12 +179,15 @@ def run_dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from sqlalchemy.engine import make_url
+
     from service.config import Settings
     from service.optuna_bridge import optuna_storage
 
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    where = make_url(settings.url).render_as_string(hide_password=True)
     print(
-        f"hpsearch: optuna-dashboard on http://{args.host}:{args.port} over {settings.url} "
+        f"hpsearch: optuna-dashboard on http://{args.host}:{args.port} over {where} "
         "(each study's hpsearch name is in its user attributes)",
         file=sys.stderr,
     )

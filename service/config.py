@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(2.0, gt=0, description="how often leases and syncs are checked")
     idle_retry_seconds: float = Field(1.0, gt=0, description="Retry-After when there is no work")
     auto_migrate: bool = Field(True, description="upgrade the schema when the API starts")
+    database_wait_seconds: float = Field(
+        60.0, ge=0, description="how long the API and migrate wait for the database at start"
+    )
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 

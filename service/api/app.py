@@ -18,6 +18,7 @@ from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
 from service.db.migrate import upgrade
+from service.db.session import DatabaseUnreachableError, wait_for_database
 from service.scheduling import reap
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            wait_for_database(ctx.engine, settings.database_wait_seconds)
+        except DatabaseUnreachableError as exc:
+            log.critical("%s; the API does not start", exc)
+            raise
         if settings.auto_migrate:
             upgrade(ctx.engine)
         stop = threading.Event()

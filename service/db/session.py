@@ -3,16 +3,24 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+log = logging.getLogger(__name__)
+
+
+class DatabaseUnreachableError(RuntimeError):
+    """The database did not answer within the deadline."""
 
 
 def sqlite_connect_args(url: str) -> dict[str, Any]:
@@ -38,6 +46,37 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def wait_for_database(engine: Engine, deadline_seconds: float) -> None:
+    """Return once the database answers; log while waiting (a container's database may still be
+    starting, or restarting); raise DatabaseUnreachableError after ``deadline_seconds``."""
+    where = engine.url.render_as_string(hide_password=True)
+    started, delay, last_log = time.monotonic(), 0.2, -10.0
+    while True:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            problem = str(exc.orig or exc).strip().splitlines()[0]
+            waited = time.monotonic() - started
+            if waited >= deadline_seconds:
+                raise DatabaseUnreachableError(
+                    f"the database at {where} did not answer in {waited:.0f} s "
+                    f"(HPSEARCH_DATABASE_WAIT_SECONDS={deadline_seconds:g}); last error: {problem}"
+                ) from None
+            if waited - last_log >= 5:
+                log.warning(
+                    "waiting for the database",
+                    extra={"database": where, "waited_s": round(waited, 1), "problem": problem},
+                )
+                last_log = waited
+            time.sleep(min(delay, max(0.0, deadline_seconds - waited)))
+            delay = min(delay * 2, 2.0)
+            continue
+        if time.monotonic() - started > 1:
+            log.info("the database answers", extra={"database": where})
+        return
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

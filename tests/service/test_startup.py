@@ -1,0 +1,128 @@
+"""Starting before the database: `hpsearch migrate` and the API wait for it by themselves, log
+while they wait, and give up with a clear message and a non-zero exit after the deadline (what a
+container deployment relies on, since start order is never guaranteed)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from tests.service.conftest import free_port, make_database, service_env
+
+
+class LateProxy:
+    """A TCP port that refuses connections for ``delay`` seconds, then forwards them to
+    ``target``: a database that comes up late."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.port = free_port()
+        self.target = target
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, args=(delay,), daemon=True).start()
+
+    def _serve(self, delay: float) -> None:
+        if self.stopped.wait(delay):
+            return
+        with socket.create_server(("127.0.0.1", self.port)) as server:
+            server.settimeout(0.2)
+            while not self.stopped.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(self.target)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def test_migrate_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> None:
+    url, drop = make_database("postgresql", tmp_path)
+    proxy = LateProxy(("127.0.0.1", 5432), delay=3)
+    try:
+        late = make_url(url).set(host="127.0.0.1", port=proxy.port)
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "hpsearch", "migrate"],
+            env=service_env(
+                late.render_as_string(hide_password=False),
+                HPSEARCH_DATABASE_WAIT_SECONDS="60",
+            ),
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started >= 3
+        assert "waiting for the database" in done.stderr
+        assert "schema up to date" in done.stderr
+        plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(plain) as conn:
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables")}
+        assert {"hps_studies", "hps_alembic_version", "studies"} <= tables
+    finally:
+        proxy.stop()
+        drop()
+
+
+def test_migrate_gives_up_after_its_deadline_without_showing_the_password() -> None:
+    url = f"postgresql+psycopg://hpsearch:s3cret@127.0.0.1:{free_port()}/hpsearch"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "hpsearch", "migrate"],
+        env=service_env(url, HPSEARCH_DATABASE_WAIT_SECONDS="2"),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert time.monotonic() - started < 30
+    assert "did not answer in 2 s" in done.stderr and "giving up" in done.stderr
+    assert "127.0.0.1" in done.stderr and "s3cret" not in done.stderr
+
+
+def test_the_api_exits_non_zero_when_the_database_never_answers(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/hpsearch"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.api.app:app_factory",
+            "--port",
+            str(free_port()),
+        ],
+        env=service_env(url, HPSEARCH_DATABASE_WAIT_SECONDS="2"),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "did not answer in 2 s" in done.stderr + done.stdout
+    assert "the API does not start" in done.stderr + done.stdout
