@@ -23,7 +23,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState as OptunaState
 
-from service.db.session import sqlite_connect_args
+from service.db.session import connect_args
 from service.spec import Categorical, FloatRange, PrunerSpec, SamplerSpec, StudySpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=8)
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url`` (one per process and URL: it is a connection pool)."""
-    kwargs: dict[str, Any] = {"connect_args": sqlite_connect_args(url)}
+    kwargs: dict[str, Any] = {"connect_args": connect_args(url)}
     if not url.startswith("sqlite"):
         kwargs["pool_pre_ping"] = True
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)

@@ -23,9 +23,15 @@ class DatabaseUnreachableError(RuntimeError):
     """The database did not answer within the deadline."""
 
 
-def sqlite_connect_args(url: str) -> dict[str, Any]:
-    """Connection arguments for a SQLite URL (also used for Optuna's engine)."""
-    return {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if url.startswith("sqlite") else {}
+def connect_args(url: str) -> dict[str, Any]:
+    """Driver arguments for ``url`` (ours and Optuna's engine): SQLite waits for the write lock;
+    PostgreSQL talks UTF-8 even to a server created without a locale (SQL_ASCII), where psycopg
+    would otherwise hand back bytes for text."""
+    if url.startswith("sqlite"):
+        return {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+    if url.startswith("postgresql"):
+        return {"client_encoding": "utf8"}
+    return {}
 
 
 def make_engine(url: str) -> Engine:
@@ -34,7 +40,7 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args=sqlite_connect_args(url))
+        engine = create_engine(url, connect_args=connect_args(url))
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -45,7 +51,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, connect_args=connect_args(url), pool_pre_ping=True, pool_size=10, max_overflow=20
+    )
 
 
 def wait_for_database(engine: Engine, deadline_seconds: float) -> None:

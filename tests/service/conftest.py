@@ -35,14 +35,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_database(backend: str, tmp: Path) -> tuple[str, Any]:
-    """A fresh, empty database: (SQLAlchemy URL, a function that drops it)."""
+def make_database(backend: str, tmp: Path, sql_ascii: bool = False) -> tuple[str, Any]:
+    """A fresh, empty database: (SQLAlchemy URL, a function that drops it). ``sql_ascii``: a
+    PostgreSQL database created without a locale, as initdb makes it in a bare container."""
     if backend == "sqlite":
         return f"sqlite:///{tmp / 'hpsearch.db'}", lambda: None
     name = f"hps_test_{uuid.uuid4().hex[:12]}"
     try:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            extra = " ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            conn.execute(f'CREATE DATABASE "{name}"{extra if sql_ascii else ""}')
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is expected at {POSTGRES_ADMIN} and is unreachable: {exc}")
 

@@ -88,6 +88,25 @@ def test_migrate_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> None
         drop()
 
 
+def test_migrate_on_a_database_created_without_a_locale(tmp_path: Path) -> None:
+    """initdb in a container without a locale makes SQL_ASCII databases, where psycopg returns
+    text as bytes unless the connection asks for UTF-8."""
+    url, drop = make_database("postgresql", tmp_path, sql_ascii=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "hpsearch", "migrate"],
+            env=service_env(url),
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "schema up to date" in done.stderr
+    finally:
+        drop()
+
+
 def test_migrate_gives_up_after_its_deadline_without_showing_the_password() -> None:
     url = f"postgresql+psycopg://hpsearch:s3cret@127.0.0.1:{free_port()}/hpsearch"
     started = time.monotonic()
