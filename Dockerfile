@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# Two images from one file (docker-compose.yml builds both):
+#   api:    the service only (FastAPI, SQLAlchemy, Optuna, plotly.js for the dashboard); no TensorFlow
+#   worker: the trainer only (TensorFlow CPU, Keras, the bundled datasets); no FastAPI, no Optuna
+# GPU workers: build the worker target with --build-arg TENSORFLOW="tensorflow[and-cuda]==2.21.0"
+# (run it with the NVIDIA container toolkit: `--gpus all`, or `deploy.resources` in compose).
+# Dependencies are installed from pyproject.toml's pins before the source is copied, so a change to
+# the code rebuilds only the last small layers.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_SYSTEM_PYTHON=1 \
+    UV_NO_CACHE=1 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+RUN pip install uv==0.13.8 \
+ && useradd --create-home --uid 10001 --user-group hpsearch
+WORKDIR /app
+COPY pyproject.toml README.md ./
+
+FROM base AS api
+RUN uv pip install -r pyproject.toml --extra service
+COPY hpsearch ./hpsearch
+COPY service ./service
+RUN uv pip install --no-deps . && rm -rf build *.egg-info
+USER hpsearch
+ENV HPSEARCH_LOG_FORMAT=json
+EXPOSE 8000
+CMD ["uvicorn", "--factory", "service.api.app:app_factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+
+FROM base AS worker
+ARG TENSORFLOW=""
+RUN uv pip install -r pyproject.toml --extra trainer \
+ && if [ -n "$TENSORFLOW" ]; then uv pip uninstall tensorflow-cpu && uv pip install "$TENSORFLOW"; fi
+COPY hpsearch ./hpsearch
+COPY trainer ./trainer
+RUN uv pip install --no-deps . && rm -rf build *.egg-info
+USER hpsearch
+ENV HPSEARCH_LOG_FORMAT=json \
+    TF_CPP_MIN_LOG_LEVEL=2
+CMD ["hpsearch", "worker"]
