@@ -20,10 +20,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install uv==0.13.8 \
  && useradd --create-home --uid 10001 --user-group hpsearch
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 
 FROM base AS api
 RUN uv pip install -r pyproject.toml --extra service
+COPY README.md ./
 COPY hpsearch ./hpsearch
 COPY service ./service
 RUN uv pip install --no-deps . && rm -rf build *.egg-info
@@ -36,6 +37,7 @@ FROM base AS worker
 ARG TENSORFLOW=""
 RUN uv pip install -r pyproject.toml --extra trainer \
  && if [ -n "$TENSORFLOW" ]; then uv pip uninstall tensorflow-cpu && uv pip install "$TENSORFLOW"; fi
+COPY README.md ./
 COPY hpsearch ./hpsearch
 COPY trainer ./trainer
 RUN uv pip install --no-deps . && rm -rf build *.egg-info
