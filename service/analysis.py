@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import optuna
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service import optuna_bridge
 from service.context import ServiceContext
@@ -112,10 +112,11 @@ def param_importance(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
         study = s.get(Study, study_id)
         if study is None:
             raise NotFoundError(f"no study with id {study_id}")
-        complete = len(
-            s.scalars(
-                select(Trial.id).where(Trial.study_id == study_id, Trial.state == "complete")
-            ).all()
+        complete = (
+            s.scalar(
+                select(func.count()).where(Trial.study_id == study_id, Trial.state == "complete")
+            )
+            or 0
         )
         optuna_name = study.optuna_name
         searched = len(spec_of(study).space)
@@ -206,7 +207,7 @@ def _exit_with_parent() -> None:
 
 def _compute_importances(url: str, optuna_name: str) -> dict[str, float]:
     """Runs in the importance process."""
-    study = optuna.load_study(study_name=optuna_name, storage=optuna_bridge.optuna_storage(url))
+    study = optuna_bridge.load_study(url, optuna_name)
     try:
         result = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()

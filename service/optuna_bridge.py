@@ -140,8 +140,11 @@ def create_study(url: str, optuna_name: str, spec: StudySpec) -> None:
     study.set_user_attr("objective", spec.objective.metric)
 
 
-def load_study(url: str, optuna_name: str, spec: StudySpec) -> optuna.Study:
-    """The Optuna study with this spec's sampler and pruner."""
+def load_study(url: str, optuna_name: str, spec: StudySpec | None = None) -> optuna.Study:
+    """The Optuna study, with this spec's sampler and pruner when it will ask or prune (reading
+    and telling need neither)."""
+    if spec is None:
+        return optuna.load_study(study_name=optuna_name, storage=optuna_storage(url))
     return optuna.load_study(
         study_name=optuna_name,
         storage=optuna_storage(url),
@@ -179,7 +182,7 @@ def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | N
     frozen = storage.get_trial(trial_id)
     if frozen.state.is_finished():
         return
-    study = optuna.load_study(study_name=optuna_name, storage=storage)
+    study = load_study(url, optuna_name)
     # Another process (a second API's reaper) may finish the same trial between the check above
     # and the write below; it wrote the same state, read from the same row of ours.
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -193,7 +196,7 @@ def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | N
 
 def running_trials(url: str, optuna_name: str) -> list[tuple[int, float, dict[str, Any]]]:
     """Optuna's running trials of a study: (trial id, seconds since it started, params)."""
-    study = optuna.load_study(study_name=optuna_name, storage=optuna_storage(url))
+    study = load_study(url, optuna_name)
     now = datetime.now()  # Optuna stamps trials with naive local time
     return [
         (t._trial_id, (now - (t.datetime_start or now)).total_seconds(), dict(t.params))

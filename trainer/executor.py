@@ -54,7 +54,6 @@ class ExecutorStats:
     children_started: int = 0
     children_retired: int = 0
     last_child_rss: int = 0
-    child_pids: list[int] = field(default_factory=list)
 
 
 class TrialExecutor:

@@ -116,7 +116,6 @@ class _Monitor(_monitor_base()):  # type: ignore[misc]
         super().__init__()
         self._settings = settings
         self._reporter = reporter
-        self._started = started
         self._epoch_started = started
         self.epochs: list[EpochMetrics] = []
         self.state = TrialState.COMPLETE

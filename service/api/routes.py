@@ -202,7 +202,9 @@ def spec_template() -> dict[str, Any]:
     the dashboard's launch form is built from it."""
     from hpsearch.datasets import BUILTIN_DATASETS
     from hpsearch.params import PARAMETER_NAMES, parameter_domain
-    from service.spec import DEFAULT_SEARCH_SPACE, MODEL_PARAMS
+    from service.spec import DEFAULT_SEARCH_SPACE, MODEL_PARAMS, Objective, PrunerSpec, SamplerSpec
+
+    objective, pruner = Objective(), PrunerSpec()
 
     return {
         "spec": {
@@ -216,10 +218,15 @@ def spec_template() -> dict[str, Any]:
                 "batch_norm": "before",
             },
             "training": {"epochs": 5, "batch_size": 50, "optimizer": "sgd"},
-            "objective": {"metric": "val_accuracy", "direction": "maximize"},
+            # The spec's own defaults, spelled out so the form shows them.
+            "objective": {"metric": objective.metric, "direction": objective.resolved_direction},
             "search_space": DEFAULT_SEARCH_SPACE,
-            "sampler": {"type": "random"},
-            "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
+            "sampler": {"type": SamplerSpec().type},
+            "pruner": {
+                "type": pruner.type,
+                "n_startup_trials": pruner.n_startup_trials,
+                "n_warmup_steps": pruner.n_warmup_steps,
+            },
             "n_trials": 20,
         },
         "datasets": list(BUILTIN_DATASETS),

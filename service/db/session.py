@@ -65,6 +65,7 @@ def wait_for_database(engine: Engine, deadline_seconds: float) -> None:
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
+            break
         except OperationalError as exc:
             problem = str(exc.orig or exc).strip().splitlines()[0]
             waited = time.monotonic() - started
@@ -81,10 +82,8 @@ def wait_for_database(engine: Engine, deadline_seconds: float) -> None:
                 last_log = waited
             time.sleep(min(delay, max(0.0, deadline_seconds - waited)))
             delay = min(delay * 2, 2.0)
-            continue
-        if time.monotonic() - started > 1:
-            log.info("the database answers", extra={"database": where})
-        return
+    if time.monotonic() - started > 1:
+        log.info("the database answers", extra={"database": where})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -474,10 +474,12 @@ async function drawPlots(id) {
     }
     return best;
   });
-  const byState = (states) => done.filter((i) => states.includes(t.state[i]));
+  // Indices of the finished trials in each state that has a value, computed once for all plots.
+  const inState = Object.fromEntries(["complete", "pruned"].map((s) =>
+    [s, done.filter((i) => t.state[i] === s)]));
   plot("plot-history", [
     ...["complete", "pruned"].map((s) => ({ type: "scattergl", mode: "markers", name: s,
-      x: byState([s]).map((i) => t.number[i]), y: byState([s]).map((i) => t.value[i]),
+      x: inState[s].map((i) => t.number[i]), y: inState[s].map((i) => t.value[i]),
       marker: { color: STATE_COLORS[s], size: 6 } })),
     { type: "scattergl", mode: "lines", name: "best so far", x: done.map((i) => t.number[i]),
       y: bestSoFar, line: { color: "#15803d" } },
@@ -511,15 +513,15 @@ async function drawPlots(id) {
   for (const p of a.searched) {
     await nextFrame();
     plot(`plot-param-${p.name}`, ["complete", "pruned"].map((s) => ({
-      type: "scattergl", mode: "markers", name: s, x: byState([s]).map((i) => t.params[p.name][i]),
-      y: byState([s]).map((i) => t.value[i]), marker: { color: STATE_COLORS[s], size: 6 } })),
+      type: "scattergl", mode: "markers", name: s, x: inState[s].map((i) => t.params[p.name][i]),
+      y: inState[s].map((i) => t.value[i]), marker: { color: STATE_COLORS[s], size: 6 } })),
     { title: { text: p.name }, xaxis: { title: { text: p.name }, type: p.log ? "log" : "-" },
       yaxis: { title: { text: metric } } });
   }
   await nextFrame();
   // Parallel coordinates over the searched parameters, coloured by the objective: the best
   // MAX_PARALLEL complete trials (thousands of lines would only draw a solid block).
-  const complete = byState(["complete"]).sort((i, j) =>
+  const complete = [...inState.complete].sort((i, j) =>
     maximize ? t.value[j] - t.value[i] : t.value[i] - t.value[j]).slice(0, MAX_PARALLEL);
   if (complete.length) {
     const dims = a.searched.map((p) => {
