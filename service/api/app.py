@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
 from service import analysis
-from service.api.errors import install_error_handlers
+from service.api.errors import database_unavailable, install_error_handlers
 from service.api.routes import analysis_router, health, studies_router, workers_router
 from service.config import Settings, get_settings
 from service.context import ServiceContext
@@ -25,11 +25,23 @@ log = logging.getLogger(__name__)
 
 
 def _reaper(ctx: ServiceContext, stop: threading.Event) -> None:
+    outage: str | None = None  # the database's complaint while it is away, logged once
     while not stop.wait(ctx.settings.reaper_seconds):
         try:
             reap(ctx)
-        except Exception:  # the next round tries again; never kill the API over it
-            log.exception("reaper round failed")
+        except Exception as exc:  # the next round tries again; never kill the API over it
+            problem = database_unavailable(exc)
+            if problem is None:
+                log.exception("reaper round failed")
+            elif outage is None:
+                log.warning(
+                    "reaper paused: the database is unavailable", extra={"problem": problem}
+                )
+            outage = problem
+            continue
+        if outage is not None:
+            log.info("reaper resumed: the database answers again")
+            outage = None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
+
+log = logging.getLogger(__name__)
+# How long a client should wait before retrying while the database is away (restarting, failing
+# over, busy): workers retry 503s by themselves, through the outage.
+DATABASE_RETRY_AFTER_SECONDS = 1
 
 _UNION_TAGS = {"float", "int", "categorical", "function-after[_one_source()]"}
 
@@ -23,6 +31,19 @@ def _field(loc: tuple[Any, ...]) -> str:
     if loc and loc[0] in ("query", "path"):
         parts = [str(p) for p in loc[1:]]
     return ".".join(parts) or "(body)"
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """The database's one-line complaint when ``exc`` means it cannot be reached (down,
+    restarting, connection dropped, SQLite locked); ``None`` for any other error."""
+    if isinstance(exc, StorageInternalError):  # Optuna's storage wraps SQLAlchemy's errors
+        exc = exc.__cause__ or exc
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        lines = str(exc.orig or exc).strip().splitlines()
+        return lines[0] if lines else type(exc).__name__
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -58,3 +79,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConflictError)
     async def conflict(_: Request, exc: ConflictError) -> JSONResponse:
         return JSONResponse(status_code=409, content=_body(str(exc)))
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(StorageInternalError)
+    async def database(request: Request, exc: Exception) -> JSONResponse:
+        problem = database_unavailable(exc)
+        if problem is None:
+            raise exc  # a bug, not an outage: the usual 500, with its traceback in the log
+        log.warning(
+            "database unavailable; answered 503",
+            extra={"path": request.url.path, "problem": problem},
+        )
+        return JSONResponse(
+            status_code=503,
+            content=_body(f"the database is unavailable, retry shortly: {problem}"),
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )

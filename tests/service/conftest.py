@@ -7,11 +7,13 @@ never skip, when it is unreachable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,6 +56,77 @@ def make_database(backend: str, tmp: Path, sql_ascii: bool = False) -> tuple[str
 
     base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     return f"{base}/{name}", drop
+
+
+class DatabaseProxy:
+    """A TCP port in front of ``target`` (the database) that can be late and can fail: it
+    refuses connections for its first ``delay`` seconds (a database still starting), and
+    ``cut(seconds)`` drops every open connection and refuses new ones for that long (a database
+    restarting under load)."""
+
+    def __init__(self, target: tuple[str, int], delay: float = 0.0) -> None:
+        self.port = free_port()
+        self.target = target
+        self.stopped = threading.Event()
+        self._down_until = time.monotonic() + delay
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def up(self) -> None:
+        """Forward from now on (a late database that has started)."""
+        self._down_until = 0.0
+
+    def cut(self, seconds: float) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + seconds
+            for s in self._open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            self._open.clear()
+
+    def _serve(self) -> None:
+        listener: socket.socket | None = None
+        while not self.stopped.is_set():
+            if time.monotonic() < self._down_until:  # down: nothing listens, connects are refused
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                time.sleep(0.05)
+                continue
+            if listener is None:
+                listener = socket.create_server(("127.0.0.1", self.port))
+                listener.settimeout(0.05)
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            if time.monotonic() < self._down_until:  # cut while we were accepting
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        if listener is not None:
+            listener.close()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.difference_update((source, sink))
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 @dataclass
@@ -177,7 +250,10 @@ def wait_until_done(api: Api, study_id: int, timeout: float) -> dict[str, Any]:
     """Poll a study until it is no longer queued or running; return it."""
 
     def done() -> dict[str, Any] | None:
-        study: dict[str, Any] = api.http.get(f"/api/v1/studies/{study_id}").json()
+        response = api.http.get(f"/api/v1/studies/{study_id}")
+        if response.status_code == 503:  # the database is away for a moment: ask again
+            return None
+        study: dict[str, Any] = response.json()
         return study if study["status"] not in ("queued", "running") else None
 
     result: dict[str, Any] = wait_for(done, timeout, f"study {study_id} to finish", interval=1)

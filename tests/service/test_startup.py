@@ -4,81 +4,45 @@ container deployment relies on, since start order is never guaranteed)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
+import math
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.service.conftest import free_port, make_database, service_env
-
-
-class LateProxy:
-    """A TCP port that refuses connections for ``delay`` seconds, then forwards them to
-    ``target``: a database that comes up late."""
-
-    def __init__(self, target: tuple[str, int], delay: float) -> None:
-        self.port = free_port()
-        self.target = target
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, args=(delay,), daemon=True).start()
-
-    def _serve(self, delay: float) -> None:
-        if self.stopped.wait(delay):
-            return
-        with socket.create_server(("127.0.0.1", self.port)) as server:
-            server.settimeout(0.2)
-            while not self.stopped.is_set():
-                try:
-                    client, _ = server.accept()
-                except TimeoutError:
-                    continue
-                upstream = socket.create_connection(self.target)
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self.stopped.set()
+from tests.service.conftest import (
+    DatabaseProxy,
+    free_port,
+    make_database,
+    service_env,
+    wait_for,
+)
 
 
 def test_migrate_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> None:
     url, drop = make_database("postgresql", tmp_path)
-    proxy = LateProxy(("127.0.0.1", 5432), delay=3)
+    proxy = DatabaseProxy(("127.0.0.1", 5432), delay=math.inf)  # down until told
+    stderr = tmp_path / "migrate.err"
     try:
         late = make_url(url).set(host="127.0.0.1", port=proxy.port)
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "hpsearch", "migrate"],
-            env=service_env(
-                late.render_as_string(hide_password=False),
-                HPSEARCH_DATABASE_WAIT_SECONDS="60",
-            ),
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        assert time.monotonic() - started >= 3
-        assert "waiting for the database" in done.stderr
-        assert "schema up to date" in done.stderr
+        with stderr.open("w") as err:
+            migrate = subprocess.Popen(
+                [sys.executable, "-m", "hpsearch", "migrate"],
+                env=service_env(
+                    late.render_as_string(hide_password=False),
+                    HPSEARCH_DATABASE_WAIT_SECONDS="60",
+                ),
+                stderr=err,
+                text=True,
+            )
+        wait_for(lambda: "waiting for the database" in stderr.read_text(), 60, "a waiting log")
+        assert migrate.poll() is None, stderr.read_text()
+        proxy.up()
+        assert migrate.wait(120) == 0, stderr.read_text()
+        assert "schema up to date" in stderr.read_text()
         plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(plain) as conn:
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables")}
