@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
     worker.add_argument(
         "--id",
         default=os.environ.get("HPSEARCH_WORKER_ID"),
-        help="a stable worker id (default: host-pid)",
+        help="this worker's id in the service (default: host-pid-random)",
     )
     worker.add_argument(
         "--threads",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -49,6 +50,12 @@ class StopRequestedError(RuntimeError):
 
 class LeaseLostError(RuntimeError):
     """The service no longer leases this trial to us (404 or 409): drop it."""
+
+
+def default_worker_id() -> str:
+    """``host-pid-xxxxxx``: the random part tells a restarted container (same host name, pid 1)
+    from the process it replaces, so the trial the old one held is re-run as a lost trial."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class ApiClient:
@@ -208,7 +215,7 @@ class Worker:
         connect_deadline_seconds: float = 300.0,
         max_trials: int | None = None,
     ) -> None:
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = worker_id or default_worker_id()
         self._stopping = threading.Event()
         self._client = ApiClient(api_url, token, connect_deadline_seconds, self._stopping)
         self._executor = executor or TrialExecutor()
