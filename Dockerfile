@@ -16,6 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_SYSTEM_PYTHON=1 \
     UV_NO_CACHE=1 \
+    UV_COMPILE_BYTECODE=1 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 RUN pip install uv==0.13.8 \
  && useradd --create-home --uid 10001 --user-group hpsearch
