@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
 from service import analysis
-from service.api.errors import database_unavailable, install_error_handlers
+from service.api.errors import install_error_handlers
 from service.api.routes import analysis_router, health, studies_router, workers_router
 from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
 from service.db.migrate import upgrade
-from service.db.session import DatabaseUnreachableError, wait_for_database
+from service.db.session import DatabaseUnreachableError, database_unavailable, wait_for_database
 from service.scheduling import reap
 
 log = logging.getLogger(__name__)

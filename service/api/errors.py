@@ -10,8 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
+from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -31,19 +32,6 @@ def _field(loc: tuple[Any, ...]) -> str:
     if loc and loc[0] in ("query", "path"):
         parts = [str(p) for p in loc[1:]]
     return ".".join(parts) or "(body)"
-
-
-def database_unavailable(exc: BaseException) -> str | None:
-    """The database's one-line complaint when ``exc`` means it cannot be reached (down,
-    restarting, connection dropped, SQLite locked); ``None`` for any other error."""
-    if isinstance(exc, StorageInternalError):  # Optuna's storage wraps SQLAlchemy's errors
-        exc = exc.__cause__ or exc
-    if isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        lines = str(exc.orig or exc).strip().splitlines()
-        return lines[0] if lines else type(exc).__name__
-    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -21,6 +21,20 @@ log = logging.getLogger(__name__)
 
 class DatabaseUnreachableError(RuntimeError):
     """The database did not answer within the deadline."""
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """The database's one-line complaint when ``exc`` means it cannot be reached (down,
+    restarting, connection dropped, SQLite locked); ``None`` for any other error. Optuna's
+    storage wraps SQLAlchemy's errors (StorageInternalError): the cause is looked at too."""
+    if not isinstance(exc, DBAPIError) and isinstance(exc.__cause__, DBAPIError):
+        exc = exc.__cause__
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        lines = str(exc.orig or exc).strip().splitlines()
+        return lines[0] if lines else type(exc).__name__
+    return None
 
 
 def connect_args(url: str) -> dict[str, Any]:
@@ -67,7 +81,7 @@ def wait_for_database(engine: Engine, deadline_seconds: float) -> None:
                 connection.execute(text("SELECT 1"))
             break
         except OperationalError as exc:
-            problem = str(exc.orig or exc).strip().splitlines()[0]
+            problem = database_unavailable(exc) or type(exc).__name__
             waited = time.monotonic() - started
             if waited >= deadline_seconds:
                 raise DatabaseUnreachableError(
