@@ -1,15 +1,22 @@
 """Everything the service asks of Optuna: its RDB storage, samplers, pruners, ask and tell.
 
-Samplers and pruners are rebuilt from the study's spec on every request, so that no API process
-holds state that another would need. A random or TPE sampler is seeded with (seed, slot), so a
-seeded study samples the same values whichever process serves which trial.
+No API process holds state that another would need: samplers and pruners are built from the
+study's spec, and a random or TPE sampler is seeded with (seed, trial number), so a seeded study
+samples the same values whichever process serves which trial. What a process keeps is only a
+cache: Optuna's own cache of finished trials (finished trials never change; unfinished and new
+ones are read again on every use, so trials written by other processes are seen), and, per
+thread, the ``optuna.Study`` objects built from specs (a spec never changes once stored).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
+import math
+import threading
+from collections import OrderedDict
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -37,6 +44,15 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     if not url.startswith("sqlite"):
         kwargs["pool_pre_ping"] = True
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+@lru_cache(maxsize=8)
+def cached_storage(url: str) -> optuna.storages.BaseStorage:
+    """``optuna_storage(url)`` behind the cache of finished trials that Optuna puts in front of
+    every RDB storage a study opens (``get_storage``), kept for the life of the process instead
+    of one request: a pruner or sampler then reads only unfinished and new trials from the
+    database, not the whole study, on every report and ask."""
+    return optuna.storages.get_storage(optuna_storage(url))
 
 
 def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
@@ -132,7 +148,7 @@ def create_study(url: str, optuna_name: str, spec: StudySpec) -> None:
     """Create the Optuna study that will hold this study's trials, named after ours in its user
     attributes for tools that read Optuna's storage directly (optuna-dashboard)."""
     study = optuna.create_study(
-        storage=optuna_storage(url),
+        storage=cached_storage(url),
         study_name=optuna_name,
         direction=spec.objective.resolved_direction,
     )
@@ -140,23 +156,43 @@ def create_study(url: str, optuna_name: str, spec: StudySpec) -> None:
     study.set_user_attr("objective", spec.objective.metric)
 
 
+_STUDIES_PER_THREAD = 32
+_local = threading.local()
+
+
 def load_study(url: str, optuna_name: str, spec: StudySpec | None = None) -> optuna.Study:
     """The Optuna study, with this spec's sampler and pruner when it will ask or prune (reading
-    and telling need neither)."""
+    and telling need neither).
+
+    With a spec, the study object is kept per thread and reused: building it costs a query
+    (and a sampler); the per-trial state of a seeded sampler must not be shared between threads.
+    """
     if spec is None:
-        return optuna.load_study(study_name=optuna_name, storage=optuna_storage(url))
-    return optuna.load_study(
-        study_name=optuna_name,
-        storage=optuna_storage(url),
-        sampler=build_sampler(spec.sampler),
-        pruner=build_pruner(spec.pruner, spec.n_epochs),
+        return optuna.load_study(study_name=optuna_name, storage=cached_storage(url))
+    studies: OrderedDict[tuple[str, str], optuna.Study] = _local.__dict__.setdefault(
+        "studies", OrderedDict()
     )
+    key = (url, optuna_name)
+    study = studies.get(key)
+    if study is None:
+        study = optuna.load_study(
+            study_name=optuna_name,
+            storage=cached_storage(url),
+            sampler=build_sampler(spec.sampler),
+            pruner=build_pruner(spec.pruner, spec.n_epochs),
+        )
+        studies[key] = study
+        if len(studies) > _STUDIES_PER_THREAD:
+            studies.popitem(last=False)
+    else:
+        studies.move_to_end(key)
+    return study
 
 
 def delete_study(url: str, optuna_name: str) -> None:
     """Remove the Optuna study and its trials (a no-op when it is already gone)."""
     with contextlib.suppress(KeyError):
-        optuna.delete_study(study_name=optuna_name, storage=optuna_storage(url))
+        optuna.delete_study(study_name=optuna_name, storage=cached_storage(url))
 
 
 def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Any]]:
@@ -166,32 +202,65 @@ def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Any]]:
 
 
 def report(study: optuna.Study, trial_id: int, epoch: int, value: float) -> bool:
-    """Record an epoch's objective and ask the pruner whether to stop."""
-    study._storage.set_trial_intermediate_value(trial_id, epoch, value)
-    trial = optuna.trial.Trial(study, trial_id)
-    return bool(trial.should_prune())
+    """Record an epoch's objective and ask the pruner whether to stop.
+
+    The pruner is asked as ``Trial.should_prune`` asks it, without building a ``Trial`` (that
+    would run the sampler's per-trial set-up on every report), and it sees the study as read
+    once here: the trials are fetched once per report, not once for this trial and again for
+    its peers.
+    """
+    storage = study._storage
+    storage.set_trial_intermediate_value(trial_id, epoch, value)
+    if isinstance(study.pruner, optuna.pruners.NopPruner):
+        return False
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    this = next(t for t in trials if t._trial_id == trial_id)
+    return bool(study.pruner.prune(_as_read(study, trials), this))
+
+
+class _TrialsAsRead:
+    """A storage that answers ``get_all_trials`` from trials already read, and everything else
+    from the storage behind it."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trials: list[Any]) -> None:
+        self._storage, self._trials = storage, trials
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        trials = [t for t in self._trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+def _as_read(study: optuna.Study, trials: list[Any]) -> optuna.Study:
+    view = copy.copy(study)
+    view._storage = _TrialsAsRead(study._storage, trials)  # type: ignore[assignment]
+    return view
 
 
 def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | None) -> None:
     """Finish the Optuna trial (idempotent: a finished trial is left as it is).
 
-    ``complete`` with a value -> COMPLETE; ``pruned`` -> PRUNED (Optuna keeps the last epoch's
-    value); anything else (diverged, timed out, failed) -> FAIL, which samplers skip.
+    ``complete`` with a value -> COMPLETE; ``pruned`` -> PRUNED with the last epoch's value (as
+    ``study.tell`` stores a pruned trial); anything else (diverged, timed out, failed) -> FAIL,
+    which samplers skip. Written with the storage's own call that ``study.tell`` ends with: the
+    samplers built here (random, TPE, QMC, no constraints) do nothing after a trial, and
+    ``study.tell`` would first read the whole trial back.
     """
-    storage = optuna_storage(url)
-    frozen = storage.get_trial(trial_id)
-    if frozen.state.is_finished():
-        return
-    study = load_study(url, optuna_name)
-    # Another process (a second API's reaper) may finish the same trial between the check above
-    # and the write below; it wrote the same state, read from the same row of ours.
+    values: list[float] | None = None
+    if state == "complete" and value is not None:
+        optuna_state = OptunaState.COMPLETE
+        values = [value]
+    elif state == "pruned":
+        optuna_state = OptunaState.PRUNED
+        values = [value] if value is not None and math.isfinite(value) else None
+    else:
+        optuna_state = OptunaState.FAIL
+    # Another process (a second API's reaper) may finish the same trial first; it wrote the
+    # same state, read from the same row of ours.
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        if state == "complete" and value is not None:
-            study.tell(frozen.number, value, skip_if_finished=True)
-        elif state == "pruned":
-            study.tell(frozen.number, state=OptunaState.PRUNED, skip_if_finished=True)
-        else:
-            study.tell(frozen.number, state=OptunaState.FAIL, skip_if_finished=True)
+        cached_storage(url).set_trial_state_values(trial_id, optuna_state, values)
 
 
 def running_trials(url: str, optuna_name: str) -> list[tuple[int, float, dict[str, Any]]]:

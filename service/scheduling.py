@@ -9,6 +9,8 @@ one writer, and Optuna writes through its own engine.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -41,9 +43,29 @@ FINISHED_TRIAL_STATES = ("complete", "pruned", "diverged", "timed_out", "failed"
 FAILED_STUDY_AFTER = 5
 
 
+_SPECS: OrderedDict[str, StudySpec] = OrderedDict()
+_SPECS_LOCK = threading.Lock()
+
+
 def spec_of(study: Study) -> StudySpec:
     """The validated spec stored with a study."""
-    return StudySpec.model_validate(study.spec)
+    return _spec(study.optuna_name, study.spec)
+
+
+def _spec(optuna_name: str, stored: dict[str, Any]) -> StudySpec:
+    """A stored spec never changes: it is validated once per process, keyed by the study's
+    Optuna name (unique, even across deleted studies)."""
+    with _SPECS_LOCK:
+        spec = _SPECS.get(optuna_name)
+        if spec is not None:
+            _SPECS.move_to_end(optuna_name)
+            return spec
+    spec = StudySpec.model_validate(stored)
+    with _SPECS_LOCK:
+        _SPECS[optuna_name] = spec
+        if len(_SPECS) > 256:
+            _SPECS.popitem(last=False)
+    return spec
 
 
 def _changed(session: Session, statement: Any) -> int:
@@ -310,41 +332,108 @@ def _leased_trial(s: Session, trial_id: int, worker_id: str, attempt: int) -> tu
     if trial is None:
         raise NotFoundError(f"no trial with id {trial_id} (its study may have been deleted)")
     study = s.get_one(Study, trial.study_id)
-    if trial.state != "running":
-        raise ConflictError(
-            f"trial {trial.number} of study {study.name!r} is already {trial.state}"
-        )
-    if trial.worker_id != worker_id or trial.attempt != attempt:
-        raise ConflictError(
-            f"trial {trial.number} of study {study.name!r} is no longer leased "
-            f"to {worker_id} (attempt {attempt}): its lease expired and it was "
-            "handed to another worker"
-        )
+    _check_lease(
+        trial.state, trial.worker_id, trial.attempt, trial.number, study.name, worker_id, attempt
+    )
     return trial, study
 
 
+def _check_lease(
+    state: str, holder: str | None, held: int, number: int, study: str, worker_id: str, attempt: int
+) -> None:
+    """``ConflictError`` unless the trial (its state, the worker and attempt that hold it) is
+    running and leased to the caller (``worker_id``, ``attempt``)."""
+    if state != "running":
+        raise ConflictError(f"trial {number} of study {study!r} is already {state}")
+    if holder != worker_id or held != attempt:
+        raise ConflictError(
+            f"trial {number} of study {study!r} is no longer leased to {worker_id} "
+            f"(attempt {attempt}): its lease expired and it was handed to another worker"
+        )
+
+
 def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> ReportAnswer:
-    """Store one epoch, ask the pruner, answer whether to stop. Repeats get the same answer."""
+    """Store one epoch, ask the pruner, answer whether to stop. Repeats get the same answer.
+
+    The hot path of the protocol (every epoch of every trial): one read (the lease, the study
+    and a repeat of this epoch, in one query), Optuna's write and pruning decision, then one
+    transaction that stores the epoch only while the lease is still the caller's.
+    """
     missing = [m for m in METRIC_NAMES if m not in report.metrics]
     if missing:
         raise InvalidSpecError([FieldError("metrics", f"missing {', '.join(missing)}")])
+    seen = TrialEpoch.__table__.alias("seen")
     with ctx.sessions() as s:
-        trial, study = _leased_trial(s, trial_id, report.worker_id, report.attempt)
-        seen = s.get(TrialEpoch, (trial_id, report.attempt, report.epoch))
-        if seen is not None:
-            return ReportAnswer(should_stop=seen.should_stop, reason=seen.stop_reason)
-        spec, optuna_name, status = spec_of(study), study.optuna_name, study.status
+        row = s.execute(
+            select(
+                Trial.state,
+                Trial.number,
+                Trial.worker_id,
+                Trial.attempt,
+                Trial.study_id,
+                Study.name.label("study_name"),
+                Study.status,
+                Study.optuna_name,
+                Study.spec,
+                seen.c.should_stop,
+                seen.c.stop_reason,
+                seen.c.epoch.label("seen_epoch"),
+            )
+            .join(Study, Study.id == Trial.study_id)
+            .outerjoin(
+                seen,
+                and_(
+                    seen.c.trial_id == Trial.id,
+                    seen.c.attempt == report.attempt,
+                    seen.c.epoch == report.epoch,
+                ),
+            )
+            .where(Trial.id == trial_id)
+        ).first()
+    if row is None:
+        raise NotFoundError(f"no trial with id {trial_id} (its study may have been deleted)")
+    _check_lease(
+        row.state,
+        row.worker_id,
+        row.attempt,
+        row.number,
+        row.study_name,
+        report.worker_id,
+        report.attempt,
+    )
+    if row.seen_epoch is not None:
+        return ReportAnswer(should_stop=row.should_stop, reason=row.stop_reason)
+    spec = _spec(row.optuna_name, row.spec)
     value = float(report.metrics[spec.objective.metric])
-    optuna_study = optuna_bridge.load_study(ctx.url, optuna_name, spec)
+    optuna_study = optuna_bridge.load_study(ctx.url, row.optuna_name, spec)
     prune = optuna_bridge.report(optuna_study, trial_id, report.epoch, value)
     reason = None
-    if status not in ACTIVE:
+    if row.status not in ACTIVE:
         prune, reason = True, f"stopped with the study at epoch {report.epoch}"
     elif prune:
         reason = f"pruned at epoch {report.epoch} by the {spec.pruner.type} pruner"
-    with unit_of_work(ctx.sessions) as s:
-        trial, _ = _leased_trial(s, trial_id, report.worker_id, report.attempt)
-        if s.get(TrialEpoch, (trial_id, report.attempt, report.epoch)) is None:
+    try:
+        with unit_of_work(ctx.sessions) as s:
+            kept = _changed(
+                s,
+                update(Trial)
+                .where(
+                    Trial.id == trial_id,
+                    Trial.state == "running",
+                    Trial.worker_id == report.worker_id,
+                    Trial.attempt == report.attempt,
+                )
+                .values(
+                    epochs_run=report.epoch,
+                    lease_expires_at=utcnow() + timedelta(seconds=ctx.settings.lease_seconds),
+                    change_seq=next_seq(s, row.study_id),
+                ),
+            )
+            if not kept:  # lost meanwhile (expired and re-let, or the study deleted)
+                raise ConflictError(
+                    f"trial {row.number} of study {row.study_name!r} is no longer leased "
+                    f"to {report.worker_id} (attempt {report.attempt})"
+                )
             s.add(
                 TrialEpoch(
                     trial_id=trial_id,
@@ -355,9 +444,11 @@ def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> Re
                     **{m: float(report.metrics[m]) for m in METRIC_NAMES},
                 )
             )
-            trial.epochs_run = report.epoch
-            trial.lease_expires_at = utcnow() + timedelta(seconds=ctx.settings.lease_seconds)
-            trial.change_seq = next_seq(s, trial.study_id)
+    except IntegrityError:
+        # The same report, retried while the first was in flight, stored it first.
+        with ctx.sessions() as s:
+            first = s.get_one(TrialEpoch, (trial_id, report.attempt, report.epoch))
+            return ReportAnswer(should_stop=first.should_stop, reason=first.stop_reason)
     return ReportAnswer(should_stop=prune, reason=reason)
 
 
@@ -410,7 +501,7 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
             .where(Worker.id == tell.worker_id)
             .values(trials_finished=Worker.trials_finished + 1, last_seen=now)
         )
-        study_id, name = study.id, study.name
+        study_id, name, optuna_name = study.id, study.name, study.optuna_name
     log.info(
         "trial finished",
         extra={
@@ -421,19 +512,23 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
             "worker": tell.worker_id,
         },
     )
-    finalize_in_optuna(ctx, trial_id)
+    finalize_in_optuna(ctx, trial_id, (optuna_name, state, value))
     update_study_status(ctx, study_id)
     return trial
 
 
-def finalize_in_optuna(ctx: ServiceContext, trial_id: int) -> None:
-    """Write a finished trial's state into Optuna, then mark it synced (idempotent)."""
-    with ctx.sessions() as s:
-        trial = s.get(Trial, trial_id)
-        if trial is None or trial.optuna_synced or trial.state == "running":
-            return
-        optuna_name = s.get_one(Study, trial.study_id).optuna_name
-        state, value = trial.state, trial.value
+def finalize_in_optuna(
+    ctx: ServiceContext, trial_id: int, known: tuple[str, str, float | None] | None = None
+) -> None:
+    """Write a finished trial's state into Optuna, then mark it synced (idempotent).
+    ``known``: (Optuna study name, state, value) when the caller has just stored them."""
+    if known is None:
+        with ctx.sessions() as s:
+            trial = s.get(Trial, trial_id)
+            if trial is None or trial.optuna_synced or trial.state == "running":
+                return
+            known = (s.get_one(Study, trial.study_id).optuna_name, trial.state, trial.value)
+    optuna_name, state, value = known
     optuna_bridge.tell(ctx.url, optuna_name, trial_id, state, value)
     with unit_of_work(ctx.sessions) as s:
         s.execute(update(Trial).where(Trial.id == trial_id).values(optuna_synced=True))
