@@ -46,15 +46,14 @@ typecheck: $(STAMP)
 unit: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## bench: the benchmark suite (slow; prints one table per benchmark)
+## bench: the benchmark suite, one table per benchmark (about an hour on 2 cores); one of them
+## alone: `make bench BENCH=coordination`
 bench: $(STAMP) browser
-	$(BIN)/python benchmarks/worker_memory.py --trials 200 --no-recycle
-	$(BIN)/python benchmarks/dashboard_load.py --trials 10000
+	$(BIN)/python -m benchmarks $(BENCH)
 
-## bench-quick: checks that the benchmarks still run, never that a timing holds
+## bench-quick: checks that the benchmarks still run (CI runs it), never that a timing holds
 bench-quick: $(STAMP) browser
-	$(BIN)/python benchmarks/worker_memory.py --trials 6 --recycle-after 3 --epochs 1
-	$(BIN)/python benchmarks/dashboard_load.py --trials 200
+	$(BIN)/python -m benchmarks --quick $(BENCH)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -14,7 +14,17 @@ import threading
 import time
 from typing import Any
 
-from benchmarks.harness import Row, Service, database, log, median, percentile, print_table
+from benchmarks.harness import (
+    Row,
+    Service,
+    cpu_seconds,
+    database,
+    log,
+    median,
+    percentile,
+    postgres_pids,
+    print_table,
+)
 from hpsearch.protocol import AskRequest, EpochReport, TellRequest
 from hpsearch.results import EpochMetrics, TrialResult, TrialState
 from trainer.worker import ApiClient
@@ -89,9 +99,13 @@ def _fake_worker(api_url: str, worker_id: str, done: threading.Event, out: dict[
         out[worker_id] = {"trials": trials, "latencies": latencies}
 
 
-def run_once(api_url: str, n_trials: int, n_workers: int, name: str) -> dict[str, float]:
+def run_once(api: Service, n_trials: int, n_workers: int, name: str) -> dict[str, float]:
     """One study of ``n_trials`` fake trials with ``n_workers`` fake workers."""
+    import os
+
     import httpx
+
+    api_url = api.url
 
     done = threading.Event()
     out: dict[str, Any] = {}
@@ -109,6 +123,9 @@ def run_once(api_url: str, n_trials: int, n_workers: int, name: str) -> dict[str
         "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
         "n_trials": n_trials,
     }
+    assert api.process is not None
+    sides = {"API": [api.process.pid], "PostgreSQL": postgres_pids(), "fake workers": [os.getpid()]}
+    cpu_before = {k: cpu_seconds(v, children=k == "API") for k, v in sides.items()}
     with httpx.Client(base_url=api_url, timeout=60) as http:
         started = time.perf_counter()
         study_id = http.post("/api/v1/studies", json=spec).raise_for_status().json()["id"]
@@ -116,8 +133,9 @@ def run_once(api_url: str, n_trials: int, n_workers: int, name: str) -> dict[str
             study = http.get(f"/api/v1/studies/{study_id}").json()
             if study["status"] not in ("queued", "running"):
                 break
-            time.sleep(0.05)
+            time.sleep(0.2)
         seconds = time.perf_counter() - started
+    cpu = {k: cpu_seconds(v, children=k == "API") - cpu_before[k] for k, v in sides.items()}
     done.set()
     for t in threads:
         t.join(30)
@@ -140,6 +158,11 @@ def run_once(api_url: str, n_trials: int, n_workers: int, name: str) -> dict[str
     for kind in ("ask", "report", "tell"):
         figures[f"{kind} p50 ms"] = 1000 * median(latencies[kind])
         figures[f"{kind} p99 ms"] = 1000 * percentile(latencies[kind], 99)
+    for side, used in cpu.items():
+        figures[f"CPU ms per request: {side}"] = 1000 * used / requests
+    figures["CPU used, % of the machine"] = (
+        100 * sum(cpu.values()) / seconds / (os.cpu_count() or 1)
+    )
     return figures
 
 
@@ -150,13 +173,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--backend", default="postgresql", choices=["postgresql", "sqlite"])
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="64 trials")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.trials = 64
     results: dict[int, list[dict[str, float]]] = {}
     with database(args.backend) as url, Service(url, processes=args.api_processes) as api:
         for r in range(args.repeats):
             for n in args.workers:
                 log(f"coordination: {args.trials} fake trials, {n} fake workers, run {r + 1}")
-                figures = run_once(api.url, args.trials, n, f"fake-{n}-{r}")
+                figures = run_once(api, args.trials, n, f"fake-{n}-{r}")
                 log(f"  {figures['wall s']:.1f} s, overhead {figures['overhead %']:.1f} %")
                 results.setdefault(n, []).append(figures)
     rows: list[Row] = []

@@ -5,7 +5,7 @@ database, starts a real API, and measures with real HTTP and a real browser:
 - GET .../analysis (the plots' data): time and size;
 - the study page in chromium: navigation to a drawn trial table, and to every plot drawn.
 
-    python benchmarks/dashboard_load.py --trials 10000
+    python -m benchmarks.dashboard_load [--trials 10000]
 """
 
 from __future__ import annotations
@@ -254,16 +254,19 @@ def _page_load(browser: Any, url: str) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="200 trials")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument(
         "--database",
         type=Path,
         help="a SQLite file to keep the seeded study in, and to reuse when it already holds it",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials = 200
     with tempfile.TemporaryDirectory() as tmp:
         path = args.database or Path(tmp) / "large.db"
         url = f"sqlite:///{path}"

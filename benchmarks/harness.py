@@ -128,9 +128,7 @@ class Workers:
             if self.threads:
                 command += ["--threads", str(self.threads)]
             command += ["--inter-op-threads", str(self.inter_op_threads)]
-            self.processes.append(
-                subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-            )
+            self.processes.append(subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,7 +178,7 @@ class StudyRun:
 
 
 def run_study(
-    api_url: str, spec: dict[str, Any], timeout: float = 3600.0, poll: float = 0.05
+    api_url: str, spec: dict[str, Any], timeout: float = 3600.0, poll: float = 0.2
 ) -> StudyRun:
     """POST the spec, poll until the study ends; its trials fetched after the clock stopped."""
     with httpx.Client(base_url=api_url, timeout=60) as http:
@@ -210,6 +208,29 @@ def run_study(
     if study["status"] != "completed":
         raise RuntimeError(f"study {spec['name']} ended {study['status']}: {study}")
     return StudyRun(study, trials, seconds)
+
+
+def cpu_seconds(pids: Sequence[int], children: bool = True) -> float:
+    """User + system CPU time of these processes (and their children), from /proc."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *(process.children(recursive=True) if children else [])]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def postgres_pids() -> list[int]:
+    """The local PostgreSQL server's processes (its backends do the database's work)."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
 
 
 def median(values: Sequence[float]) -> float:
@@ -242,9 +263,12 @@ class Row:
             return v if isinstance(v, str) else f"{v:,.{self.digits}f}"
 
         ratio = self.ratio
-        if ratio is None and isinstance(self.ours, float | int) and isinstance(
-            self.peer, float | int
-        ) and self.peer:
+        if (
+            ratio is None
+            and isinstance(self.ours, float | int)
+            and isinstance(self.peer, float | int)
+            and self.peer
+        ):
             ratio = float(self.ours) / float(self.peer)
         verdict = "" if self.met is None else ("met" if self.met else "MISSED")
         return [

@@ -1,7 +1,7 @@
-"""Worker memory and gaps: RSS of the trial process over many short trials, and the idle time
-between trials, with child recycling (the default) and without it (for comparison).
+"""7. Worker memory and gaps: RSS of the trial process over many short trials, and the idle
+time between trials, with child recycling (the default) and without it (for comparison).
 
-    python benchmarks/worker_memory.py --trials 200 [--recycle-after 50] [--no-recycle]
+    python -m benchmarks.worker_memory [--trials 200] [--recycle-after 50] [--no-recycle]
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import statistics
 import time
 
 import psutil
-from rich.console import Console
-from rich.table import Table
 
+from benchmarks.harness import Row, log, percentile, print_table
 from hpsearch.datasets import DatasetSpec
 from hpsearch.params import TrainingSettings
 from trainer.executor import TrialExecutor
@@ -42,36 +41,44 @@ def measure(trials: int, recycle_after: int, epochs: int) -> dict[str, float]:
     tail = rss_mb[-20:]
     return {
         "trials": trials,
-        "children": started,
-        "rss_first_mb": rss_mb[0],
-        "rss_max_mb": max(rss_mb),
-        "rss_last20_mean_mb": statistics.fmean(tail),
-        "parent_rss_mb": parent_mb,
-        "gap_median_ms": 1000 * statistics.median(gaps),
-        "gap_p95_ms": 1000 * statistics.quantiles(gaps, n=20, method="inclusive")[-1],
-        "gap_max_ms": 1000 * max(gaps),
+        "trial processes started": started,
+        "trial process RSS after trial 1, MB": rss_mb[0],
+        "trial process RSS, max MB": max(rss_mb),
+        "trial process RSS, mean of the last 20, MB": statistics.fmean(tail),
+        "worker (parent) RSS, MB": parent_mb,
+        "gap between trials, median ms": 1000 * statistics.median(gaps),
+        "gap between trials, p95 ms": 1000 * percentile(gaps, 95),
+        "gap between trials, max ms": 1000 * max(gaps),
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--recycle-after", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--no-recycle", action="store_true", help="also measure without recycling")
-    args = parser.parse_args()
-    runs = {
-        f"recycle every {args.recycle_after}": measure(args.trials, args.recycle_after, args.epochs)
-    }
+    parser.add_argument("--quick", action="store_true", help="6 trials of 1 epoch")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.recycle_after, args.epochs = 6, 3, 1
+    log(f"worker memory: {args.trials} trials, recycling every {args.recycle_after}")
+    ours = measure(args.trials, args.recycle_after, args.epochs)
+    peer = None
     if args.no_recycle:
-        runs["no recycling"] = measure(args.trials, args.trials + 1, args.epochs)
-    table = Table(title=f"Worker memory and gaps, {args.trials} trials")
-    table.add_column("figure")
-    for name in runs:
-        table.add_column(name, justify="right")
-    for key in next(iter(runs.values())):
-        table.add_row(key, *(f"{run[key]:.1f}" for run in runs.values()))
-    Console().print(table)
+        log(f"worker memory: {args.trials} trials without recycling")
+        peer = measure(args.trials, args.trials + 1, args.epochs)
+    rows = [
+        Row(key, value, None if peer is None else peer[key], digits=1)
+        for key, value in ours.items()
+    ]
+    print_table(
+        f"7. Worker memory and gaps over {args.trials} trials of {args.epochs} epochs "
+        f"(recycling the trial process every {args.recycle_after})",
+        "no recycling" if peer else "",
+        rows,
+        notes=["Gap: the time the worker waited per trial beyond the trial's own training."],
+    )
 
 
 if __name__ == "__main__":
