@@ -143,22 +143,6 @@ class Workers:
                 p.wait()
 
 
-def warm_up(api_url: str, dataset: dict[str, Any], n_workers: int) -> None:
-    """A study of one 1-epoch trial per worker: every worker's trial process has imported
-    TensorFlow and loaded ``dataset`` before anything is timed."""
-    run_study(
-        api_url,
-        {
-            "name": f"warm-up-{secrets.token_hex(3)}",
-            "dataset": dataset,
-            "training": {"epochs": 1},
-            "pruner": {"type": "none"},
-            "n_trials": 2 * n_workers,
-        },
-        timeout=600,
-    )
-
-
 @dataclass
 class StudyRun:
     """One study, timed from its REST call to its completion, with its trials."""
@@ -175,6 +159,23 @@ class StudyRun:
     @property
     def epochs(self) -> int:
         return sum(int(t["epochs_run"]) for t in self.trials)
+
+
+def fetch_trials(http: httpx.Client, study_id: int) -> list[dict[str, Any]]:
+    """Every trial of a study, page by page."""
+    trials: list[dict[str, Any]] = []
+    while True:
+        page = (
+            http.get(
+                f"/api/v1/studies/{study_id}/trials",
+                params={"offset": len(trials), "limit": 500},
+            )
+            .raise_for_status()
+            .json()
+        )
+        trials += page["data"]
+        if len(trials) >= page["count"] or not page["data"]:
+            return trials
 
 
 def run_study(
@@ -196,15 +197,7 @@ def run_study(
                 raise RuntimeError(f"study {spec['name']} not done after {timeout:g} s")
             time.sleep(poll)
         seconds = time.perf_counter() - started
-        trials: list[dict[str, Any]] = []
-        while True:
-            page = http.get(
-                f"/api/v1/studies/{study_id}/trials",
-                params={"offset": len(trials), "limit": 500},
-            ).json()
-            trials += page["items"]
-            if len(trials) >= page["total"] or not page["items"]:
-                break
+        trials = fetch_trials(http, study_id)
     if study["status"] != "completed":
         raise RuntimeError(f"study {spec['name']} ended {study['status']}: {study}")
     return StudyRun(study, trials, seconds)
