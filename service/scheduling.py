@@ -179,6 +179,9 @@ def _relet_lost_trial(
     given_up: list[int] = []
     result = None
     expired = and_(Trial.state == "running", Trial.lease_expires_at < now)
+    with ctx.sessions() as s:  # the usual case, no lost trial, takes no lock
+        if s.scalar(select(Trial.id).where(Trial.study_id == study_id, expired).limit(1)) is None:
+            return None
     with unit_of_work(ctx.sessions) as s:
         current = _lock_worker(s, worker_id, now)
         if current is not None:  # a simultaneous ask of this worker got one meanwhile
