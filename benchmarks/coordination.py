@@ -18,6 +18,7 @@ from benchmarks.harness import (
     Row,
     Service,
     cpu_seconds,
+    cpu_used,
     database,
     log,
     median,
@@ -124,8 +125,17 @@ def run_once(api: Service, n_trials: int, n_workers: int, name: str) -> dict[str
         "n_trials": n_trials,
     }
     assert api.process is not None
-    sides = {"API": [api.process.pid], "PostgreSQL": postgres_pids(), "fake workers": [os.getpid()]}
-    cpu_before = {k: cpu_seconds(v, children=k == "API") for k, v in sides.items()}
+    api_pid, me = api.process.pid, os.getpid()
+
+    def readings() -> dict[str, dict[int, float]]:
+        return {
+            "API": cpu_seconds([api_pid]),
+            # Backends started during the run (new pooled connections) count from 0.
+            "PostgreSQL": cpu_seconds(postgres_pids(), children=False),
+            "fake workers": cpu_seconds([me], children=False),
+        }
+
+    cpu_before = readings()
     with httpx.Client(base_url=api_url, timeout=60) as http:
         started = time.perf_counter()
         study_id = http.post("/api/v1/studies", json=spec).raise_for_status().json()["id"]
@@ -135,7 +145,7 @@ def run_once(api: Service, n_trials: int, n_workers: int, name: str) -> dict[str
                 break
             time.sleep(0.2)
         seconds = time.perf_counter() - started
-    cpu = {k: cpu_seconds(v, children=k == "API") - cpu_before[k] for k, v in sides.items()}
+    cpu = {k: cpu_used(cpu_before[k], v) for k, v in readings().items()}
     done.set()
     for t in threads:
         t.join(30)

@@ -203,20 +203,26 @@ def run_study(
     return StudyRun(study, trials, seconds)
 
 
-def cpu_seconds(pids: Sequence[int], children: bool = True) -> float:
-    """User + system CPU time of these processes (and their children), from /proc."""
+def cpu_seconds(pids: Sequence[int], children: bool = True) -> dict[int, float]:
+    """User + system CPU time of each of these processes (and their children), from /proc;
+    subtract two readings with ``cpu_used`` (processes that appear in between count from 0)."""
     import psutil
 
-    total = 0.0
+    out: dict[int, float] = {}
     for pid in pids:
         try:
             process = psutil.Process(pid)
             for p in [process, *(process.children(recursive=True) if children else [])]:
                 times = p.cpu_times()
-                total += times.user + times.system
+                out[p.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             continue
-    return total
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two ``cpu_seconds`` readings."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 def postgres_pids() -> list[int]:
