@@ -23,6 +23,7 @@ from benchmarks.harness import (
     log,
     median,
     percentile,
+    post_study,
     postgres_pids,
     print_table,
 )
@@ -138,7 +139,7 @@ def run_once(api: Service, n_trials: int, n_workers: int, name: str) -> dict[str
     cpu_before = readings()
     with httpx.Client(base_url=api_url, timeout=60) as http:
         started = time.perf_counter()
-        study_id = http.post("/api/v1/studies", json=spec).raise_for_status().json()["id"]
+        study_id = post_study(http, spec)
         while True:
             study = http.get(f"/api/v1/studies/{study_id}").json()
             if study["status"] not in ("queued", "running"):

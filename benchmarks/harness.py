@@ -178,16 +178,21 @@ def fetch_trials(http: httpx.Client, study_id: int) -> list[dict[str, Any]]:
             return trials
 
 
+def post_study(http: httpx.Client, spec: dict[str, Any]) -> int:
+    """Launch a study; its id (a refusal raises with the API's answer)."""
+    response = http.post("/api/v1/studies", json=spec)
+    if response.status_code != 201:
+        raise RuntimeError(f"study refused: {response.status_code} {response.text}")
+    return int(response.json()["id"])
+
+
 def run_study(
     api_url: str, spec: dict[str, Any], timeout: float = 3600.0, poll: float = 0.2
 ) -> StudyRun:
     """POST the spec, poll until the study ends; its trials fetched after the clock stopped."""
     with httpx.Client(base_url=api_url, timeout=60) as http:
         started = time.perf_counter()
-        response = http.post("/api/v1/studies", json=spec)
-        if response.status_code != 201:
-            raise RuntimeError(f"study refused: {response.status_code} {response.text}")
-        study_id = response.json()["id"]
+        study_id = post_study(http, spec)
         deadline = time.monotonic() + timeout
         while True:
             study = http.get(f"/api/v1/studies/{study_id}").json()

@@ -15,7 +15,7 @@ epochs, random sampling seeded with the seed. Per seed, in this order:
 hpsearch runs as ``hpsearch serve`` deploys by default: one API on SQLite and 2 workers with one
 intra-op thread each (one per core), started and warmed once; each study is timed from its REST
 call to its end. KerasTuner runs in a fresh interpreter per search, with the same model builder
-(``trainer.model.build_model``/``build_optimizer``, compiled as ``run_trial`` compiles), the same
+(``trainer.model.build_compiled_model``, as ``run_trial`` builds it), the same
 search space (``hp.Float``/``hp.Choice``), the same data and batch size and TensorFlow's default
 threads; TensorFlow is imported, the data loaded and one 1-epoch fit run before its clock, which
 times ``tuner.search`` only. Best values are the best epoch's val_accuracy of the best trial
@@ -51,6 +51,7 @@ from benchmarks.harness import (
     fetch_trials,
     log,
     median,
+    post_study,
     print_table,
     run_study,
 )
@@ -73,7 +74,7 @@ def kt_child(config: dict[str, Any]) -> dict[str, Any]:
     from hpsearch.params import validate_params
     from service.spec import Categorical, FloatRange, StudySpec
     from trainer.data import load_dataset
-    from trainer.model import build_model, build_optimizer
+    from trainer.model import build_compiled_model
 
     spec = StudySpec.model_validate(config["spec"])
     data = load_dataset(DatasetSpec.model_validate(spec.dataset))
@@ -92,13 +93,7 @@ def kt_child(config: dict[str, Any]) -> dict[str, Any]:
                 scale = "log" if p.log else "linear"
                 sampled[name] = hp.Int(name, p.low, p.high, step=p.step, sampling=scale)
         params = validate_params({**fixed, **sampled})
-        model = build_model(params, data.input_shape, data.n_classes)
-        model.compile(
-            optimizer=build_optimizer(params),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=False,
-        )
+        model = build_compiled_model(params, data.input_shape, data.n_classes)
         return model
 
     batch_size = validate_params(fixed).batch_size
@@ -179,10 +174,7 @@ def run_to_budget(api_url: str, spec: dict[str, Any], budget: int, poll: float) 
     and wait for its running trials to stop (at their next epoch); timed to that point."""
     with httpx.Client(base_url=api_url, timeout=60) as http:
         started = time.perf_counter()
-        response = http.post("/api/v1/studies", json=spec)
-        if response.status_code != 201:
-            raise RuntimeError(f"study refused: {response.status_code} {response.text}")
-        study_id = response.json()["id"]
+        study_id = post_study(http, spec)
         stopped = False
         while True:
             if not stopped:
@@ -339,7 +331,7 @@ def _print_tables(
         "studies timed from POST to completion."
     )
     kt_note = (
-        "KerasTuner 1.4.8: a fresh process per search, same build_model/build_optimizer, space, "
+        "KerasTuner 1.4.8: a fresh process per search, same build_compiled_model, space, "
         "data, batch size; TensorFlow's default threads; tuner.search timed after a warm-up fit."
     )
     rows = [

@@ -62,6 +62,22 @@ def build_model(params: TrialParams, input_shape: tuple[int, ...], n_classes: in
     return keras.Model(inputs, outputs, name=f"hpsearch_{params.architecture}")
 
 
+def build_compiled_model(
+    params: TrialParams, input_shape: tuple[int, ...], n_classes: int
+) -> keras.Model:
+    """``build_model`` compiled as every trial trains it: the trial's optimizer, sparse
+    categorical cross-entropy, accuracy, no XLA (the benchmarks' KerasTuner peer calls this too,
+    so that both sides train the same model the same way)."""
+    model = build_model(params, input_shape, n_classes)
+    model.compile(
+        optimizer=build_optimizer(params),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
+    return model
+
+
 def _batch_norm(params: TrialParams, name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=params.bn_momentum, name=name)
 

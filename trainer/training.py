@@ -52,19 +52,13 @@ def run_trial(
     import keras
     import tensorflow as tf
 
-    from trainer.model import build_model, build_optimizer
+    from trainer.model import build_compiled_model
 
     started = time.perf_counter()
     keras.utils.clear_session(free_memory=True)
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_model(params, data.input_shape, data.n_classes)
-    model.compile(
-        optimizer=build_optimizer(params),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=False,
-    )
+    model = build_compiled_model(params, data.input_shape, data.n_classes)
     counts = _count_parameters(model)
     monitor = _Monitor(settings, reporter or NeverStop(), started)
     timer = None
