@@ -1,4 +1,5 @@
-"""How a study names its data: a bundled dataset, a seeded synthetic one, or a user file."""
+"""How a study names its data: a bundled dataset, a seeded synthetic one, an uploaded dataset
+(by id), or a user file (by path, for the trainer's own command line)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,29 @@ BuiltinName = Literal["digits", "mnist_5k", "synthetic", "mnist", "fashion_mnist
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist_5k", "synthetic", "mnist", "fashion_mnist")
 Scaling = Literal["auto", "none", "pixels", "standardize"]
 
+DATASET_ID_PATTERN = r"^ds_[0-9a-f]{16}$"
 _SYNTHETIC_ONLY = ("n_samples", "n_features", "n_informative", "n_classes", "synthetic_seed")
 
 
 class DatasetSpec(BaseModel):
     """Which data a study trains on, and how it is split and scaled (the same for every trial).
 
-    Exactly one of ``name`` (a built-in dataset) and ``path`` (an ``.npz`` or ``.csv`` file) is
-    given. Splits are carved with ``split_seed``, never with the trial's seed, so that every
-    trial of a study sees the same training and validation sets; the test set is never used
-    while searching.
+    Exactly one of ``name`` (a built-in dataset), ``id`` (a dataset uploaded to the service) and
+    ``path`` (an ``.npz`` or ``.csv`` file on the trainer's machine) is given. Splits are carved
+    with ``split_seed``, never with the trial's seed, so that every trial of a study sees the
+    same training and validation sets; the test set is never used while searching.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: BuiltinName | None = None
+    id: str | None = Field(
+        None, pattern=DATASET_ID_PATTERN, description="an uploaded dataset (POST /api/v1/datasets)"
+    )
     path: str | None = Field(None, min_length=1, max_length=4096)
-    label_column: str = Field("label", min_length=1, description="csv only: the label column")
+    label_column: str = Field(
+        "label", min_length=1, description="csv by path only: the label column"
+    )
     validation_split: float = Field(
         0.2, gt=0.0, lt=1.0, description="share of the training data held out for validation"
     )
@@ -48,10 +55,14 @@ class DatasetSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if (self.name is None) == (self.path is None):
+        if sum(v is not None for v in (self.name, self.id, self.path)) != 1:
             raise ValueError(
-                "name: give either a built-in dataset name "
-                f"({', '.join(BUILTIN_DATASETS)}) or a file path, not both or neither"
+                "name: give one of a built-in dataset name "
+                f"({', '.join(BUILTIN_DATASETS)}), an uploaded dataset's id, or a file path"
+            )
+        if self.id is not None and "label_column" in self.model_fields_set:
+            raise ValueError(
+                "label_column: an uploaded dataset's label column was chosen at upload"
             )
         if self.name != "synthetic":
             given = [f for f in _SYNTHETIC_ONLY if f in self.model_fields_set]
@@ -74,7 +85,7 @@ class DatasetSpec(BaseModel):
     @property
     def label(self) -> str:
         """A short name for logs and progress bars."""
-        return self.name or self.path or "?"
+        return self.name or self.id or self.path or "?"
 
 
 def validate_dataset(values: Any, prefix: str = "dataset.") -> DatasetSpec:

@@ -9,6 +9,8 @@ Shaped like Vizier's client (ask / report / should-stop / complete):
   stop (pruned). Repeating a report changes nothing and gets the same answer.
 - ``POST /api/v1/trials/{trial_id}/heartbeat`` with ``Heartbeat`` -> ``HeartbeatAnswer``; keeps
   the trial's lease alive while an epoch trains.
+- ``GET /api/v1/datasets/{id}/content``: the bytes of an uploaded dataset an assignment names
+  (``Assignment.dataset_file``); its ``X-Content-SHA256`` header is the hash to check.
 - ``POST /api/v1/trials/{trial_id}/tell`` with ``TellRequest`` -> 200; 409 once the trial is
   finished (a repeated tell changes nothing).
 
@@ -18,7 +20,7 @@ trial is then re-run by another worker, with the same parameters.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +39,18 @@ class AskRequest(BaseModel):
     hostname: str | None = Field(None, max_length=255)
 
 
+class DatasetFile(BaseModel):
+    """An uploaded dataset a trial trains on: the worker fetches ``content_path`` once, checks its
+    SHA-256 and keeps it in its cache, keyed by the hash."""
+
+    id: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    format: Literal["npz", "csv"]
+    label_column: str | None = Field(None, description="csv: the label column")
+    content_path: str = Field(description="relative to the API's URL")
+
+
 class Assignment(BaseModel):
     """A trial handed to a worker: everything it needs to train, nothing it must look up."""
 
@@ -47,6 +61,9 @@ class Assignment(BaseModel):
     attempt: int = Field(description="1 for the first run; more when re-run after a lost worker")
     params: dict[str, Any]
     dataset: dict[str, Any]
+    dataset_file: DatasetFile | None = Field(
+        None, description="set when ``dataset`` names an uploaded dataset by id"
+    )
     settings: TrainingSettings
     lease_seconds: float
     heartbeat_seconds: float

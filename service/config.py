@@ -14,7 +14,22 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HPSEARCH_", extra="ignore")
 
-    data_dir: Path = Field(Path("data"), description="where the SQLite database lives")
+    data_dir: Path = Field(
+        Path("data"), description="where the SQLite database and the artifacts live"
+    )
+    artifacts_dir: Path | None = Field(
+        None, description="uploaded datasets; default <data_dir>/artifacts"
+    )
+    max_upload_bytes: int = Field(
+        1 << 30, ge=1, description="the largest dataset file accepted (413 past it)"
+    )
+    max_dataset_array_bytes: int = Field(
+        4 << 30, ge=1, description="an uploaded .npz's arrays, decompressed, in memory"
+    )
+    max_classes: int = Field(1_000, ge=2, description="uploaded labels lie in [0, max_classes)")
+    upload_stale_seconds: float = Field(
+        900.0, gt=0, description="an unfinished upload idle this long is swept away"
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hpsearch.db"
     )
@@ -30,6 +45,11 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+
+    @property
+    def artifacts(self) -> Path:
+        """The artifact directory in force."""
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
 
     @property
     def url(self) -> str:

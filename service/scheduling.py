@@ -28,7 +28,7 @@ from hpsearch.protocol import (
     TellRequest,
 )
 from hpsearch.results import METRIC_NAMES
-from service import optuna_bridge
+from service import datasets, optuna_bridge
 from service.context import ServiceContext
 from service.db.models import Study, Trial, TrialEpoch, Worker, utcnow
 from service.db.session import unit_of_work
@@ -321,6 +321,9 @@ def _assignment(ctx: ServiceContext, trial: Trial, study: Study) -> Assignment:
         attempt=trial.attempt,
         params=trial.params,
         dataset=spec.dataset,
+        dataset_file=datasets.dataset_file(ctx, spec.dataset["id"])
+        if "id" in spec.dataset
+        else None,
         settings=settings,
         lease_seconds=lease,
         heartbeat_seconds=max(lease / 4, 0.5),

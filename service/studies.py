@@ -14,11 +14,17 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import optuna_bridge
+from service import datasets, optuna_bridge
 from service.context import ServiceContext
 from service.db.models import Study, Trial, TrialEpoch, utcnow
 from service.db.session import unit_of_work
-from service.errors import AlreadyExistsError, ConflictError, NotFoundError
+from service.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    FieldError,
+    InvalidSpecError,
+    NotFoundError,
+)
 from service.scheduling import ACTIVE, FINISHED_TRIAL_STATES, spec_of, update_study_status
 from service.spec import parse_study_spec
 
@@ -30,6 +36,17 @@ TRIAL_STATES = ("running", *FINISHED_TRIAL_STATES)
 def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
     """Validate a spec and create the study (queued until a worker asks)."""
     spec = parse_study_spec(raw, ctx.settings.max_trials, ctx.settings.max_epochs)
+    dataset_id = spec.dataset.get("id")
+    if dataset_id is not None and not datasets.exists(ctx, dataset_id):
+        raise InvalidSpecError(
+            [
+                FieldError(
+                    "dataset.id",
+                    f"no uploaded dataset with id {dataset_id!r} "
+                    "(GET /api/v1/datasets lists them; POST one there)",
+                )
+            ]
+        )
     with ctx.sessions() as s:
         if s.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
             raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
@@ -44,6 +61,7 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
                 status="queued",
                 spec=spec.model_dump(mode="json", exclude_none=True),
                 n_trials=spec.n_trials,
+                dataset_id=dataset_id,
                 created_at=now,
                 deadline_at=now + timedelta(seconds=spec.timeout_seconds)
                 if spec.timeout_seconds
@@ -156,6 +174,11 @@ def resume_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
             raise ConflictError(
                 f"study {study.name!r} is {study.status}; only a stopped or "
                 "failed study can be resumed"
+            )
+        if study.dataset_id is not None and not datasets.exists(ctx, study.dataset_id):
+            raise ConflictError(
+                f"study {study.name!r} trains on dataset {study.dataset_id}, which was deleted; "
+                "upload the same file again (it gets the same id) to resume"
             )
         study.status = "running" if study.started_at else "queued"
         study.status_reason, study.finished_at = None, None

@@ -106,6 +106,14 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="give up (exit 3) after the API is unreachable this long",
     )
+    worker.add_argument(
+        "--dataset-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where uploaded datasets are kept, by hash (env HPSEARCH_DATASET_CACHE; "
+        "default ~/.cache/hpsearch/datasets)",
+    )
     worker.set_defaults(handler=run_worker_command)
 
 
@@ -257,5 +265,6 @@ def run_worker_command(args: argparse.Namespace) -> int:
         executor=executor,
         connect_deadline_seconds=args.connect_deadline,
         max_trials=args.max_trials,
+        dataset_cache=args.dataset_cache,
     )
     return worker.run()

@@ -60,6 +60,12 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 
 @lru_cache(maxsize=4)
 def _load_cached(spec: DatasetSpec) -> Dataset:  # specs are frozen, hence hashable
+    if spec.id is not None:
+        raise DatasetError(
+            "dataset.id",
+            f"{spec.id} is an uploaded dataset: `hpsearch worker` fetches it from the service; "
+            "here, give its file as a path",
+        )
     if spec.path is not None:
         path = Path(spec.path)
         raw = read_file(path, file_format(path.name) or "npz", spec.label_column)

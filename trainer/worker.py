@@ -16,7 +16,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,11 +34,14 @@ from hpsearch.protocol import (
     TellRequest,
 )
 from hpsearch.results import TrialResult, TrialState
+from trainer.datacache import DatasetCache, DatasetFetchError, default_cache_dir
 from trainer.executor import TrialExecutor
 
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {502, 503, 504}
+# A dataset download: a slow start is an API under load; a stall mid-way is a cut connection.
+_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
 
 class ApiUnreachableError(RuntimeError):
@@ -70,8 +74,8 @@ class ApiClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30.0)
-        self._deadline = connect_deadline_seconds
-        self._stopping = stopping or threading.Event()
+        self.deadline = connect_deadline_seconds
+        self.stopping = stopping or threading.Event()
         self.api_url = api_url
 
     def close(self) -> None:
@@ -80,35 +84,43 @@ class ApiClient:
     def _post(self, path: str, body: dict[str, Any], abort_on_stop: bool = False) -> httpx.Response:
         """POST, retrying through connection errors and 502-504 until the deadline; with
         ``abort_on_stop``, give up as soon as the worker is asked to stop."""
-        started, delay, warned = time.monotonic(), 0.2, False
+        retry = _Retry(self)
         while True:
             try:
                 response = self._http.post(path, json=body)
                 if response.status_code not in _RETRYABLE_STATUS:
-                    if warned:
-                        log.info("the API answers again", extra={"api": self.api_url})
+                    retry.answered()
                     return response
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            waited = time.monotonic() - started
-            if waited > self._deadline:
-                raise ApiUnreachableError(
-                    f"no answer from the API at {self.api_url} for {waited:.0f} s "
-                    f"(last: {problem}); giving up"
-                )
-            if not warned or (waited > 10 and int(waited) % 10 == 0):
-                log.warning(
-                    "waiting for the API",
-                    extra={"api": self.api_url, "problem": problem, "waited_s": round(waited, 1)},
-                )
-                warned = True
-            if abort_on_stop:
-                if self._stopping.wait(delay):
-                    raise StopRequestedError(problem)
-            else:  # a report or a result: worth waiting for, stop requested or not
-                time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            retry.wait(problem, abort_on_stop)
+
+    def stream(self, path: str) -> Iterator[bytes]:
+        """GET ``path``'s body in 1 MiB chunks, retrying (like ``_post``) until it starts; a
+        transfer cut short raises ``ConnectionError``, a 404 ``DatasetFetchError``."""
+        retry = _Retry(self)
+        while True:
+            try:
+                with self._http.stream("GET", path, timeout=_DOWNLOAD_TIMEOUT) as response:
+                    if response.status_code not in _RETRYABLE_STATUS:
+                        retry.answered()
+                        if response.status_code == 404:
+                            response.read()
+                            raise DatasetFetchError(
+                                "the service no longer has it: "
+                                + str(response.json().get("detail", response.text))
+                            )
+                        response.raise_for_status()
+                        try:
+                            yield from response.iter_bytes(1 << 20)
+                        except httpx.TransportError as exc:
+                            raise ConnectionError(f"transfer cut short: {exc}") from exc
+                        return
+                    problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            retry.wait(problem, abort_on_stop=False)
 
     @staticmethod
     def _checked(response: httpx.Response) -> dict[str, Any]:
@@ -137,6 +149,45 @@ class ApiClient:
     def tell(self, trial_id: int, body: TellRequest) -> dict[str, Any]:
         response = self._post(f"/api/v1/trials/{trial_id}/tell", body.model_dump(mode="json"))
         return self._checked(response)
+
+
+class _Retry:
+    """The wait between two tries of one request: backoff to 2 s, a warning now and then, and
+    ``ApiUnreachableError`` once the client's deadline has passed without an answer."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self._client = client
+        self._started, self._delay, self._warned = time.monotonic(), 0.2, False
+
+    def answered(self) -> None:
+        if self._warned:
+            log.info("the API answers again", extra={"api": self._client.api_url})
+
+    def wait(self, problem: str, abort_on_stop: bool) -> None:
+        """Sleep before the next try; with ``abort_on_stop``, raise ``StopRequestedError`` as
+        soon as the worker is asked to stop."""
+        waited = time.monotonic() - self._started
+        if waited > self._client.deadline:
+            raise ApiUnreachableError(
+                f"no answer from the API at {self._client.api_url} for {waited:.0f} s "
+                f"(last: {problem}); giving up"
+            )
+        if not self._warned or (waited > 10 and int(waited) % 10 == 0):
+            log.warning(
+                "waiting for the API",
+                extra={
+                    "api": self._client.api_url,
+                    "problem": problem,
+                    "waited_s": round(waited, 1),
+                },
+            )
+            self._warned = True
+        if abort_on_stop:
+            if self._client.stopping.wait(self._delay):
+                raise StopRequestedError(problem)
+        else:  # a report or a result: worth waiting for, stop requested or not
+            time.sleep(self._delay)
+        self._delay = min(self._delay * 2, 2.0)
 
 
 class _TrialSession:
@@ -214,11 +265,13 @@ class Worker:
         executor: TrialExecutor | None = None,
         connect_deadline_seconds: float = 300.0,
         max_trials: int | None = None,
+        dataset_cache: Path | None = None,
     ) -> None:
         self.worker_id = worker_id or default_worker_id()
         self._stopping = threading.Event()
         self._client = ApiClient(api_url, token, connect_deadline_seconds, self._stopping)
         self._executor = executor or TrialExecutor()
+        self.datasets = DatasetCache(dataset_cache or default_cache_dir(), self._client.stream)
         self._max_trials = max_trials
         self.trials_done = 0
 
@@ -268,16 +321,12 @@ class Worker:
         log.info("training trial", extra={**fields, "params": a.params})
         with _TrialSession(self._client, self.worker_id, a) as session:
             try:
-                result = self._executor.run(
-                    a.params, DatasetSpec.model_validate(a.dataset), a.settings, session
-                )
+                dataset = self._dataset(a, fields)
+                result = self._executor.run(a.params, dataset, a.settings, session)
             except InvalidSpecError as exc:
-                result = TrialResult(
-                    state=TrialState.FAILED,
-                    reason=f"rejected by the trainer: {exc}",
-                    objective=a.settings.objective,
-                    direction=a.settings.direction,
-                )
+                result = self._failed(a, f"rejected by the trainer: {exc}")
+            except DatasetFetchError as exc:
+                result = self._failed(a, f"dataset: {exc}")
         if session.lease_lost:
             log.warning("trial dropped: lease lost", extra={**fields, "detail": session.lease_lost})
             return
@@ -292,3 +341,26 @@ class Worker:
         except LeaseLostError as exc:
             log.warning("result not taken", extra={**fields, "detail": str(exc)})
         self.trials_done += 1
+
+    def _dataset(self, a: Assignment, log_fields: dict[str, Any]) -> DatasetSpec:
+        """The assignment's dataset; an uploaded one fetched (once) into the local cache."""
+        values = dict(a.dataset)
+        ident = values.pop("id", None)
+        if ident is None:
+            return DatasetSpec.model_validate(values)
+        if a.dataset_file is None:
+            raise DatasetFetchError(f"{ident} no longer exists on the service")
+        path = self.datasets.path(a.dataset_file, log_fields)
+        label = a.dataset_file.label_column
+        return DatasetSpec.model_validate(
+            {**values, "path": str(path), **({"label_column": label} if label else {})}
+        )
+
+    @staticmethod
+    def _failed(a: Assignment, reason: str) -> TrialResult:
+        return TrialResult(
+            state=TrialState.FAILED,
+            reason=reason,
+            objective=a.settings.objective,
+            direction=a.settings.direction,
+        )

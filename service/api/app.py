@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,9 +12,15 @@ from fastapi import FastAPI
 
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
-from service import analysis
+from service import analysis, datasets
 from service.api.errors import install_error_handlers
-from service.api.routes import analysis_router, health, studies_router, workers_router
+from service.api.routes import (
+    analysis_router,
+    datasets_router,
+    health,
+    studies_router,
+    workers_router,
+)
 from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
@@ -24,11 +31,19 @@ from service.scheduling import reap
 log = logging.getLogger(__name__)
 
 
+# How often the reaper sweeps away what crashed uploads left behind.
+SWEEP_SECONDS = 30.0
+
+
 def _reaper(ctx: ServiceContext, stop: threading.Event) -> None:
     outage: str | None = None  # the database's complaint while it is away, logged once
+    swept = 0.0
     while not stop.wait(ctx.settings.reaper_seconds):
         try:
             reap(ctx)
+            if time.monotonic() - swept > min(SWEEP_SECONDS, ctx.settings.upload_stale_seconds):
+                datasets.sweep(ctx)
+                swept = time.monotonic()
         except Exception as exc:  # the next round tries again; never kill the API over it
             problem = database_unavailable(exc)
             if problem is None:
@@ -83,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies_router)
     app.include_router(workers_router)
     app.include_router(analysis_router)
+    app.include_router(datasets_router)
     app.include_router(dashboard_router)
     return app
 

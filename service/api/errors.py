@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
+from service.uploads import UploadTooLargeError
 
 log = logging.getLogger(__name__)
 # How long a client should wait before retrying while the database is away (restarting, failing
@@ -32,6 +33,15 @@ def _field(loc: tuple[Any, ...]) -> str:
     if loc and loc[0] in ("query", "path"):
         parts = [str(p) for p in loc[1:]]
     return ".".join(parts) or "(body)"
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:g} {unit}"
+        size /= 1024
+    return f"{size:g} TiB"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -53,6 +63,19 @@ def install_error_handlers(app: FastAPI) -> None:
             errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
         return JSONResponse(status_code=422, content=_body(detail, errors))
+
+    @app.exception_handler(UploadTooLargeError)
+    async def too_large(request: Request, exc: UploadTooLargeError) -> JSONResponse:
+        limit = request.app.state.context.settings.max_upload_bytes
+        reason = (
+            f"the file passes the limit of {limit:,} bytes ({_human(limit)}; "
+            "HPSEARCH_MAX_UPLOAD_BYTES); nothing was stored"
+        )
+        return JSONResponse(
+            status_code=413,
+            content=_body(f"file: {reason}", [{"field": "file", "reason": reason}]),
+            headers={"Connection": "close"},
+        )
 
     @app.exception_handler(AlreadyExistsError)
     async def exists(_: Request, exc: AlreadyExistsError) -> JSONResponse:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
+from hpsearch.datasets import DATASET_ID_PATTERN
 from hpsearch.protocol import (
     AskRequest,
     Assignment,
@@ -17,15 +19,17 @@ from hpsearch.protocol import (
     ReportAnswer,
     TellRequest,
 )
-from service import analysis, scheduling, studies
+from service import analysis, datasets, scheduling, studies
 from service.api.deps import ContextDep, LimitDep, OffsetDep
 from service.db.migrate import current_revision, head_revision
 from service.spec import StudySpec
+from service.uploads import receive_upload
 
 health = APIRouter(tags=["health"])
 studies_router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 workers_router = APIRouter(prefix="/api/v1", tags=["worker protocol"])
 analysis_router = APIRouter(prefix="/api/v1/studies", tags=["analysis"])
+datasets_router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 TrialStateFilter = Literal["running", "complete", "pruned", "diverged", "timed_out", "failed"]
 TrialSort = Literal["number", "value", "epochs_run", "duration", "state"]
@@ -138,6 +142,98 @@ def get_trial(ctx: ContextDep, study_id: int, number: int) -> dict[str, Any]:
     return studies.get_trial(ctx, study_id, number)
 
 
+# -- datasets ------------------------------------------------------------------------------------
+
+DatasetIdPath = Annotated[
+    str, Path(pattern=DATASET_ID_PATTERN, description="e.g. ds_0123456789abcdef")
+]
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": ".npz (x_train, y_train, optional x_val, y_val, x_test, "
+                        "y_test) or .csv (numeric or text features and a label column)",
+                    },
+                    "name": {"type": "string", "maxLength": 200},
+                    "label_column": {"type": "string", "description": "csv: default 'label'"},
+                    "format": {"type": "string", "enum": ["npz", "csv"]},
+                },
+            }
+        }
+    },
+}
+
+
+@datasets_router.post(
+    "",
+    status_code=201,
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        200: {"description": "the same file was uploaded before: that dataset"},
+        413: {"description": "the file passes the configured size limit"},
+        422: {"description": "the file fails a check; nothing is stored"},
+    },
+)
+async def upload_dataset(request: Request, ctx: ContextDep) -> JSONResponse:
+    """Upload a dataset (multipart field ``file``). Checked before it is stored: numeric arrays
+    only (no pickle), shapes that agree, integer labels in range, no NaN or inf. Answers its id,
+    name, SHA-256, shapes, classes and size."""
+    upload = await receive_upload(
+        request, datasets.incoming_dir(ctx), ctx.settings.max_upload_bytes
+    )
+    dataset, created = await run_in_threadpool(datasets.store_upload, ctx, upload)
+    return JSONResponse(dataset, status_code=201 if created else 200)
+
+
+@datasets_router.get("")
+def list_datasets(ctx: ContextDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> dict[str, Any]:
+    """Uploaded datasets, newest first: ``{data, count, offset, limit, max_upload_bytes}``."""
+    return {
+        **datasets.list_datasets(ctx, offset, limit),
+        "max_upload_bytes": ctx.settings.max_upload_bytes,
+    }
+
+
+@datasets_router.get("/{dataset_id}")
+def get_dataset(ctx: ContextDep, dataset_id: DatasetIdPath) -> dict[str, Any]:
+    """One dataset, with the studies that train on it."""
+    return datasets.get_dataset(ctx, dataset_id)
+
+
+@datasets_router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(ctx: ContextDep, dataset_id: DatasetIdPath) -> Response:
+    """Delete a dataset; 409 while a queued or running study uses it."""
+    datasets.delete_dataset(ctx, dataset_id)
+    return Response(status_code=204)
+
+
+@datasets_router.get(
+    "/{dataset_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}, "text/csv": {}}}},
+)
+def dataset_content(ctx: ContextDep, dataset_id: DatasetIdPath) -> FileResponse:
+    """The dataset's file, as uploaded (for workers); ``X-Content-SHA256`` is its hash."""
+    path, d = datasets.content(ctx, dataset_id)
+    return FileResponse(
+        path,
+        media_type="text/csv" if d["format"] == "csv" else "application/octet-stream",
+        filename=f"{d['id']}.{d['format']}",
+        headers={
+            "X-Content-SHA256": d["sha256"],
+            "ETag": f'"{d["sha256"]}"',
+            "Cache-Control": "private, max-age=31536000, immutable",
+        },
+    )
+
+
 # -- worker protocol -----------------------------------------------------------------------------
 
 
@@ -229,7 +325,7 @@ def spec_template() -> dict[str, Any]:
             },
             "n_trials": 20,
         },
-        "datasets": list(BUILTIN_DATASETS),
+        "datasets": list(BUILTIN_DATASETS),  # uploaded ones: GET /api/v1/datasets
         "parameters": {
             name: {
                 "section": "model" if name in MODEL_PARAMS else "training",

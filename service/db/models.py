@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -62,6 +63,26 @@ class Study(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     last_assigned_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    # The uploaded dataset it trains on (no foreign key: a finished study outlives its data).
+    dataset_id: Mapped[str | None] = mapped_column(String(20), default=None, index=True)
+
+
+class Dataset(Base):
+    """An uploaded dataset. Its bytes live in the artifact directory under their SHA-256, so
+    two datasets with the same content (a CSV read with two label columns) share one file."""
+
+    __tablename__ = "hps_datasets"
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(8))
+    label_column: Mapped[str | None] = mapped_column(String(200), default=None)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Shapes, classes, class names and counts, features: what the upload's checks found.
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Trial(Base):

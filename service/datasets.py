@@ -1,0 +1,333 @@
+"""Uploaded datasets: checked before they are stored, stored by content, served to workers.
+
+The artifact directory holds ``datasets/<sha256[:2]>/<sha256>.<npz|csv>`` (content-addressed:
+a file's name is its hash, so a file is never rewritten with other bytes) and ``incoming/``
+(uploads in flight). A file enters the store by an atomic rename of a complete, fsynced file;
+its database row is written after it, so a row never names a missing or partial file. A
+dataset's id derives from its content and label column: uploading the same file again finds
+the dataset already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from hpsearch.datafiles import Fields, FileFormat, check_arrays, file_format, read_file
+from hpsearch.protocol import DatasetFile
+from service.context import ServiceContext
+from service.db.models import Dataset, Study, utcnow
+from service.db.session import unit_of_work
+from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
+from service.uploads import Upload
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STUDY = ("queued", "running")
+_UPLOAD_FIELDS = Fields(file="file", label_column="label_column")
+# One upload's checks at a time per process: each holds the dataset's arrays in memory.
+_CHECKS = threading.Semaphore(1)
+
+
+def store_dir(ctx: ServiceContext) -> Path:
+    """Where the content-addressed files live."""
+    return ctx.settings.artifacts / "datasets"
+
+
+def incoming_dir(ctx: ServiceContext) -> Path:
+    """Where uploads are received before their checks."""
+    return ctx.settings.artifacts / "incoming"
+
+
+def _blob(ctx: ServiceContext, sha256: str, fmt: str) -> Path:
+    return store_dir(ctx) / sha256[:2] / f"{sha256}.{fmt}"
+
+
+def dataset_id(sha256: str, label_column: str | None) -> str:
+    """``ds_`` and 16 hex digits: the same file (and label column) always gets the same id."""
+    key = f"{sha256}\n{label_column or ''}".encode()
+    return "ds_" + hashlib.sha256(key).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _store_lock(ctx: ServiceContext) -> Iterator[None]:
+    """Serializes adding and removing files across the API processes of one machine (a delete
+    must not remove a file that an upload of the same content is adding back)."""
+    store_dir(ctx).mkdir(parents=True, exist_ok=True)
+    with (store_dir(ctx) / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _public(d: Dataset) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": d.name,
+        "sha256": d.sha256,
+        "format": d.format,
+        "label_column": d.label_column,
+        "size_bytes": d.size_bytes,
+        **d.summary,
+        "downloads": d.downloads,
+        "created_at": d.created_at.isoformat(),
+    }
+
+
+def store_upload(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], bool]:
+    """Check an upload and keep it; returns the dataset and whether it is new.
+
+    Raises ``InvalidSpecError`` naming the field (``file``, ``name``, ``label_column``,
+    ``format``) and the reason; the upload is then deleted and nothing is stored.
+    """
+    try:
+        fmt, name, label_column = _form(upload)
+        with _CHECKS:
+            raw = read_file(
+                upload.path,
+                fmt,
+                label_column or "label",
+                _UPLOAD_FIELDS,
+                ctx.settings.max_dataset_array_bytes,
+                shown_name=upload.filename or f"the {fmt} file",
+            )
+            summary = check_arrays(raw, "file", ctx.settings.max_classes).summary()
+            del raw
+        ident = dataset_id(upload.sha256, label_column)
+        with ctx.sessions() as s:
+            existing = s.get(Dataset, ident)
+            known = existing is not None and _blob(ctx, existing.sha256, existing.format).is_file()
+        if known:
+            return get_dataset(ctx, ident), False
+        with _store_lock(ctx):
+            target = _blob(ctx, upload.sha256, fmt)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(upload.path, target)  # complete and fsynced: atomic, all or nothing
+            _fsync_dir(target.parent)
+            os.utime(target)  # fresh: the sweep spares it until its row is written
+            try:
+                with unit_of_work(ctx.sessions) as s:
+                    if s.get(Dataset, ident) is None:
+                        s.add(
+                            Dataset(
+                                id=ident,
+                                name=name,
+                                sha256=upload.sha256,
+                                format=fmt,
+                                label_column=label_column,
+                                size_bytes=upload.size,
+                                summary=summary,
+                                created_at=utcnow(),
+                            )
+                        )
+                        created = True
+                    else:  # its file had gone missing: it is back
+                        created = False
+            except IntegrityError:  # the same file, uploaded at the same moment by another
+                created = False
+    finally:
+        upload.discard()
+    log.info(
+        "dataset stored" if created else "dataset already stored",
+        extra={"dataset": ident, "dataset_name": name, "bytes": upload.size, "sha256": upload.sha256},
+    )
+    return get_dataset(ctx, ident), created
+
+
+def _form(upload: Upload) -> tuple[FileFormat, str, str | None]:
+    """The upload's format, name and label column, from its form fields and file name."""
+    errors = []
+    given = upload.fields.get("format")
+    fmt = given.lower() if given else file_format(upload.filename)
+    if fmt not in ("npz", "csv"):
+        if given:
+            errors.append(FieldError("format", f"must be npz or csv, got {given!r}"))
+        else:
+            errors.append(
+                FieldError(
+                    "file",
+                    f"must be a .npz or .csv file, got {upload.filename or 'no file name'!r} "
+                    "(or say which with the field format=npz|csv)",
+                )
+            )
+    name = upload.fields.get("name") or Path(upload.filename).stem or "dataset"
+    if len(name) > 200 or not name.isprintable():
+        errors.append(FieldError("name", "must be at most 200 printable characters"))
+    label_column = upload.fields.get("label_column") or None
+    if fmt == "npz" and label_column is not None:
+        errors.append(FieldError("label_column", "only for csv files (.npz files hold y_train)"))
+    if fmt == "csv":
+        label_column = label_column or "label"
+    unknown = sorted(set(upload.fields) - {"name", "label_column", "format"})
+    errors += [
+        FieldError(u, "unknown field; known: file, name, label_column, format") for u in unknown
+    ]
+    if errors:
+        raise InvalidSpecError(errors)
+    return "csv" if fmt == "csv" else "npz", name, label_column
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_datasets(ctx: ServiceContext, offset: int, limit: int) -> dict[str, Any]:
+    """Uploaded datasets, newest first: ``{data, count, offset, limit}``."""
+    from sqlalchemy import func
+
+    with ctx.sessions() as s:
+        count = s.scalar(select(func.count()).select_from(Dataset)) or 0
+        rows = s.scalars(
+            select(Dataset)
+            .order_by(Dataset.created_at.desc(), Dataset.id)
+            .offset(offset)
+            .limit(limit)
+        )
+        return {
+            "data": [_public(d) for d in rows],
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+        }
+
+
+def get_dataset(ctx: ServiceContext, ident: str) -> dict[str, Any]:
+    """One dataset, with the studies that train on it."""
+    with ctx.sessions() as s:
+        d = _dataset(s, ident)
+        studies = s.execute(
+            select(Study.id, Study.name, Study.status)
+            .where(Study.dataset_id == ident)
+            .order_by(Study.id)
+        ).all()
+        return {
+            **_public(d),
+            "studies": [{"id": i, "name": n, "status": st} for i, n, st in studies],
+        }
+
+
+def _dataset(s: Any, ident: str) -> Dataset:
+    d = s.get(Dataset, ident)
+    if d is None:
+        raise NotFoundError(f"no dataset with id {ident!r}")
+    return d  # type: ignore[no-any-return]
+
+
+def delete_dataset(ctx: ServiceContext, ident: str) -> None:
+    """Delete a dataset (and its file, unless another dataset shares it). 409 while a queued or
+    running study trains on it; finished studies keep their results."""
+    with _store_lock(ctx):
+        with unit_of_work(ctx.sessions) as s:
+            d = _dataset(s, ident)
+            using = s.execute(
+                select(Study.id, Study.name)
+                .where(Study.dataset_id == ident, Study.status.in_(ACTIVE_STUDY))
+                .limit(5)
+            ).all()
+            if using:
+                names = ", ".join(f"{n!r} (id {i})" for i, n in using)
+                raise ConflictError(
+                    f"dataset {ident} is used by the active study {names}; stop it first"
+                )
+            sha256, fmt = d.sha256, d.format
+            s.delete(d)
+        with ctx.sessions() as s:
+            shared = s.scalar(select(Dataset.id).where(Dataset.sha256 == sha256).limit(1))
+        if shared is None:
+            _blob(ctx, sha256, fmt).unlink(missing_ok=True)
+    log.info("dataset deleted", extra={"dataset": ident})
+
+
+def content(ctx: ServiceContext, ident: str) -> tuple[Path, dict[str, Any]]:
+    """The file a worker downloads, counted as one download; 404 when it is gone."""
+    with unit_of_work(ctx.sessions) as s:
+        d = _dataset(s, ident)
+        path = _blob(ctx, d.sha256, d.format)
+        if not path.is_file():
+            log.error(
+                "dataset file missing from the store", extra={"dataset": ident, "path": str(path)}
+            )
+            raise NotFoundError(
+                f"the file of dataset {ident} is missing from the artifact directory; "
+                "upload it again"
+            )
+        s.execute(
+            update(Dataset).where(Dataset.id == ident).values(downloads=Dataset.downloads + 1)
+        )
+        return path, _public(d)
+
+
+_FILES: dict[str, DatasetFile] = {}
+_FILES_LOCK = threading.Lock()
+
+
+def dataset_file(ctx: ServiceContext, ident: str) -> DatasetFile | None:
+    """What a worker needs to fetch dataset ``ident`` (cached: a dataset never changes, and a
+    deleted one's content answers 404); ``None`` when it does not exist."""
+    with _FILES_LOCK:
+        known = _FILES.get(ident)
+    if known is not None:
+        return known
+    with ctx.sessions() as s:
+        d = s.get(Dataset, ident)
+        if d is None:
+            return None
+        found = DatasetFile(
+            id=d.id,
+            sha256=d.sha256,
+            size_bytes=d.size_bytes,
+            format=d.format,
+            label_column=d.label_column,
+            content_path=f"/api/v1/datasets/{d.id}/content",
+        )
+    with _FILES_LOCK:
+        _FILES[ident] = found
+    return found
+
+
+def exists(ctx: ServiceContext, ident: str) -> bool:
+    """Whether dataset ``ident`` is stored."""
+    with ctx.sessions() as s:
+        return s.get(Dataset, ident) is not None
+
+
+def sweep(ctx: ServiceContext) -> None:
+    """Delete what crashes left behind: uploads idle past ``upload_stale_seconds``, and stored
+    files that no dataset names (a crash between the rename and the row) after the same delay."""
+    stale = time.time() - ctx.settings.upload_stale_seconds
+    incoming = incoming_dir(ctx)
+    if incoming.is_dir():
+        for path in incoming.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < stale:
+                    path.unlink()
+                    log.info("unfinished upload swept away", extra={"path": path.name})
+    store = store_dir(ctx)
+    if not store.is_dir():
+        return
+    with _store_lock(ctx):
+        with ctx.sessions() as s:
+            known = set(s.scalars(select(Dataset.sha256)))
+        for path in store.glob("*/*.*"):
+            sha256 = path.name.split(".", 1)[0]
+            with contextlib.suppress(FileNotFoundError):
+                if sha256 not in known and path.stat().st_mtime < stale:
+                    path.unlink()
+                    log.info("unreferenced dataset file swept away", extra={"path": path.name})
