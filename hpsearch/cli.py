@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 _HALVES = {
     "trainer": "trial, worker",
-    "service": "serve, migrate, study, dashboard",
+    "service": "serve, migrate, study, dataset, dashboard",
 }
 
 

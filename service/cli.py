@@ -1,6 +1,6 @@
-"""The service's commands: ``serve``, ``migrate`` and ``study``. Heavy imports happen inside
-the handlers, so that ``hpsearch --help`` stays quick and works where only one half is installed.
-``study`` commands talk to a running API over HTTP."""
+"""The service's commands: ``serve``, ``migrate``, ``study``, ``dataset`` and ``dashboard``.
+Heavy imports happen inside the handlers, so that ``hpsearch --help`` stays quick and works where
+only one half is installed. ``study`` and ``dataset`` commands talk to a running API over HTTP."""
 
 from __future__ import annotations
 
@@ -70,6 +70,28 @@ def register(subparsers: Any) -> None:
         p = actions.add_parser(name, help=helptext)
         p.add_argument("study_id", type=int)
         p.set_defaults(handler=run_study_action)
+
+    dataset = subparsers.add_parser("dataset", help="upload and manage datasets through the API")
+    dataset.add_argument("--api", default=DEFAULT_API, help="the API's URL (env HPSEARCH_API_URL)")
+    actions = dataset.add_subparsers(dest="action", metavar="ACTION", required=True)
+    upload = actions.add_parser(
+        "upload",
+        help="upload an .npz or .csv file; prints its id",
+        description="Upload a dataset. An .npz holds x_train and y_train (and optionally x_val, "
+        "y_val, x_test, y_test); a .csv holds a label column and numeric or text features "
+        "(text columns are one-hot encoded). Use the printed id in a study spec: "
+        '"dataset": {"id": "ds_..."}.',
+    )
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--name", help="default: the file name without its suffix")
+    upload.add_argument("--label-column", help="csv only (default: label)")
+    upload.add_argument("--format", choices=("npz", "csv"), help="default: from the suffix")
+    upload.set_defaults(handler=run_dataset_upload)
+    actions.add_parser("list", help="uploaded datasets").set_defaults(handler=run_dataset_list)
+    for name, helptext in (("show", "one dataset, as JSON"), ("delete", "delete a dataset")):
+        p = actions.add_parser(name, help=helptext)
+        p.add_argument("dataset_id")
+        p.set_defaults(handler=run_dataset_action)
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -198,12 +220,12 @@ def run_dashboard(args: argparse.Namespace) -> int:
 # -- study ---------------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace, timeout: float = 30.0) -> Any:
     import httpx
 
     token = os.environ.get("HPSEARCH_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=30.0)
+    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=timeout)
 
 
 def _fail(response: Any) -> int:
@@ -311,3 +333,144 @@ def _wait(client: Any, study_id: int) -> int:
         + (f" ({s['status_reason']})" if s["status_reason"] else "")
     )
     return 0 if s["status"] == "completed" else 1
+
+
+# -- datasets ------------------------------------------------------------------------------------
+
+
+class _ProgressReader:
+    """A file whose reads advance a progress bar (httpx reads the upload through it)."""
+
+    def __init__(self, f: Any, advance: Any) -> None:
+        self._f, self._advance = f, advance
+
+    def read(self, size: int = -1) -> bytes:
+        chunk: bytes = self._f.read(size)
+        self._advance(len(chunk))
+        return chunk
+
+    # httpx sizes the body from these (a Content-Length lets the API refuse a file that is too
+    # large before it is sent) and rewinds the file before sending it.
+    def fileno(self) -> int:
+        fileno: int = self._f.fileno()
+        return fileno
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position: int = self._f.seek(offset, whence)
+        return position
+
+    def tell(self) -> int:
+        position: int = self._f.tell()
+        return position
+
+
+def run_dataset_upload(args: argparse.Namespace) -> int:
+    """Upload a file with a progress bar; print the dataset's id and summary."""
+    import httpx
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    path: Path = args.file
+    if not path.is_file():
+        print(f"error: no such file: {path}", file=sys.stderr)
+        return 2
+    size = path.stat().st_size
+    data = {
+        k: v
+        for k, v in (
+            ("name", args.name),
+            ("label_column", args.label_column),
+            ("format", args.format),
+        )
+        if v
+    }
+    with _client(args, timeout=600.0) as client:
+        listing = client.get("/api/v1/datasets", params={"limit": 1})
+        if listing.status_code != 200:
+            return _fail(listing)
+        limit = listing.json()["max_upload_bytes"]
+        if size > limit:
+            print(
+                f"error: {path} is {size:,} bytes; the service accepts at most {limit:,} "
+                "(HPSEARCH_MAX_UPLOAD_BYTES on the service)",
+                file=sys.stderr,
+            )
+            return 2
+        with (
+            path.open("rb") as f,
+            Progress(
+                TextColumn(f"uploading {path.name}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            ) as progress,
+        ):
+            task = progress.add_task("upload", total=size)
+            reader = _ProgressReader(f, lambda n: progress.advance(task, n))
+            try:
+                response = client.post(
+                    "/api/v1/datasets", files={"file": (path.name, reader)}, data=data
+                )
+            except httpx.TransportError as exc:
+                print(f"error: the upload failed: {exc}", file=sys.stderr)
+                return 1
+    if response.status_code not in (200, 201):
+        return _fail(response)
+    d = response.json()
+    shapes = ", ".join(f"{k} {tuple(v)}" for k, v in d["shapes"].items())
+    print(
+        f"dataset {d['id']} ({d['name']}): {shapes}; {d['classes']} classes; "
+        f"{d['size_bytes']:,} bytes; sha256 {d['sha256']}"
+        + ("" if response.status_code == 201 else " (already uploaded)")
+    )
+    return 0
+
+
+def run_dataset_list(args: argparse.Namespace) -> int:
+    """A table of uploaded datasets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client(args) as client:
+        response = client.get("/api/v1/datasets", params={"limit": 1000})
+        if response.status_code != 200:
+            return _fail(response)
+        page = response.json()
+    table = Table(title=f"{page['count']} datasets")
+    for column in ("id", "name", "format", "x_train", "classes", "bytes", "downloads", "created"):
+        table.add_column(column)
+    for d in page["data"]:
+        table.add_row(
+            d["id"],
+            d["name"],
+            d["format"],
+            "x".join(map(str, d["shapes"]["x_train"])),
+            str(d["classes"]),
+            f"{d['size_bytes']:,}",
+            str(d["downloads"]),
+            d["created_at"][:19],
+        )
+    Console().print(table)
+    return 0
+
+
+def run_dataset_action(args: argparse.Namespace) -> int:
+    """show / delete."""
+    with _client(args) as client:
+        path = f"/api/v1/datasets/{args.dataset_id}"
+        response = client.get(path) if args.action == "show" else client.delete(path)
+        if response.status_code not in (200, 204):
+            return _fail(response)
+    if args.action == "show":
+        print(json.dumps(response.json(), indent=2))
+    else:
+        print(f"dataset {args.dataset_id} deleted")
+    return 0

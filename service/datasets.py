@@ -142,7 +142,12 @@ def store_upload(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], b
         upload.discard()
     log.info(
         "dataset stored" if created else "dataset already stored",
-        extra={"dataset": ident, "dataset_name": name, "bytes": upload.size, "sha256": upload.sha256},
+        extra={
+            "dataset": ident,
+            "dataset_name": name,
+            "bytes": upload.size,
+            "sha256": upload.sha256,
+        },
     )
     return get_dataset(ctx, ident), created
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -144,6 +145,11 @@ class Api:
     def __post_init__(self) -> None:
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
+    @property
+    def data_dir(self) -> Path:
+        """The API's data directory (its artifacts live under it)."""
+        return Path(self.env["HPSEARCH_DATA_DIR"])
+
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -192,9 +198,12 @@ class Api:
 
 
 def service_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """The API's environment; its data directory (artifacts) is a fresh temporary one unless
+    ``HPSEARCH_DATA_DIR`` is given."""
     env = dict(os.environ)
     env.update(
         {
+            "HPSEARCH_DATA_DIR": tempfile.mkdtemp(prefix="hps-data-"),
             "HPSEARCH_DATABASE_URL": database_url,
             "HPSEARCH_LEASE_SECONDS": "4",
             "HPSEARCH_REAPER_SECONDS": "0.5",
@@ -213,7 +222,8 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp(request.param)
     url, drop = make_database(request.param, tmp)
     port = free_port()
-    server = Api(f"http://127.0.0.1:{port}", url, service_env(url), tmp / "api.log", port)
+    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"))
+    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port)
     server.start()
     yield server
     server.stop()
@@ -232,7 +242,7 @@ def make_api(tmp_path: Path) -> Iterator[Any]:
         server = Api(
             f"http://127.0.0.1:{port}",
             url,
-            service_env(url, **env),
+            service_env(url, **{"HPSEARCH_DATA_DIR": str(tmp_path / backend / "data"), **env}),
             tmp_path / f"api-{backend}.log",
             port,
         )
@@ -291,7 +301,11 @@ def workers(tmp_path: Path) -> Iterator[Any]:
     """Start workers with ``workers(api_url, n)``; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(api_url: str, n: int = 1, prefix: str = "w", **extra: str) -> list[WorkerProcess]:
+    def start(
+        api_url: str, n: int = 1, prefix: str = "w", hide: Path | None = None, **extra: str
+    ) -> list[WorkerProcess]:
+        """``hide``: a directory the workers must not see (an empty file system is mounted over
+        it in a mount namespace of their own), as on another machine."""
         out = []
         for _ in range(n):
             worker_id = f"{prefix}{len(started) + 1}"
@@ -314,6 +328,10 @@ def workers(tmp_path: Path) -> Iterator[Any]:
             ]
             for key, value in extra.items():
                 args += [f"--{key.replace('_', '-')}", value]
+            if "dataset_cache" not in extra:  # a cache of its own, as on its own machine
+                args += ["--dataset-cache", str(tmp_path / f"{worker_id}-cache")]
+            if hide is not None:
+                args = hidden_from(hide, args)
             with log.open("wb") as f:
                 process = subprocess.Popen(
                     args,
@@ -329,6 +347,23 @@ def workers(tmp_path: Path) -> Iterator[Any]:
     yield start
     for w in started:
         w.stop()
+
+
+def hidden_from(path: Path, command: list[str]) -> list[str]:
+    """``command``, run in a mount namespace of its own where ``path`` is an empty tmpfs."""
+    script = 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"'
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(path),
+        *command,
+    ]
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.3) -> Any:

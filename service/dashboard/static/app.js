@@ -150,6 +150,7 @@ let template = null;
 
 async function renderForm() {
   template = template || await api("/studies/-/template");
+  const uploaded = (await api("/datasets?limit=1000")).data;
   const spec = template.spec;
   const space = Object.entries(spec.search_space).map(([name, p]) => spaceRow(name, p)).join("");
   const select = (field, choices, value) => `<select data-field="${field}">${choices.map((c) =>
@@ -160,13 +161,23 @@ async function renderForm() {
     <div id="form-errors" class="errors"></div>
     <fieldset><legend>Study</legend><div class="fields">
       ${field("name", "Name", `<input data-field="name" value="" placeholder="my-study" required>`)}
-      ${field("dataset.name", "Dataset", select("dataset.name", template.datasets, spec.dataset.name))}
+      ${field("dataset", "Dataset", datasetSelect(uploaded, spec.dataset.name))}
       ${field("n_trials", "Trials", `<input data-field="n_trials" type="number" value="${spec.n_trials}">`)}
       ${field("training.epochs", "Epochs per trial",
               `<input data-field="training.epochs" type="number" value="${spec.training.epochs}">`)}
       ${field("objective.metric", "Objective", select("objective.metric",
               ["val_accuracy", "val_loss", "accuracy", "loss"], spec.objective.metric))}
     </div></fieldset>
+    <fieldset><legend>Upload a dataset</legend>
+      <p class="muted">An <code>.npz</code> (x_train, y_train; optionally x_val, y_val, x_test,
+        y_test) or a <code>.csv</code> with a label column; text columns are one-hot encoded.</p>
+      <div class="fields">
+        ${field("file", "File", `<input type="file" id="dataset-file" accept=".npz,.csv">`)}
+        ${field("label_column", "Label column (csv)", `<input id="dataset-label" placeholder="label">`)}
+      </div>
+      <div class="toolbar"><button id="upload-dataset" type="button">Upload</button>
+        <span id="upload-status" class="muted"></span></div>
+      <div id="upload-errors" class="errors"></div></fieldset>
     <fieldset><legend>Model and training (fixed values)</legend><div class="fields">
       ${field("model.architecture", "Architecture", select("model.architecture", P.architecture.choices, spec.model.architecture))}
       ${field("model.hidden_units", "Hidden units", `<input data-field="model.hidden_units" value="${spec.model.hidden_units.join(", ")}">`)}
@@ -194,6 +205,7 @@ async function renderForm() {
     <div class="toolbar"><input type="file" id="spec-file" accept=".json,application/json">
       <button id="launch-json" class="primary" type="button">Launch from JSON</button></div>
     <div id="json-errors" class="errors"></div></div>`;
+  $("#upload-dataset").addEventListener("click", uploadDataset);
   $("#study-form").addEventListener("submit", (event) => {
     event.preventDefault();
     launch(specFromForm(), $("#form-errors"), true);
@@ -210,6 +222,41 @@ async function renderForm() {
     }
     launch(body, $("#json-errors"), false);
   });
+}
+
+// Built-in datasets by name, uploaded ones by id (values starting with "ds_").
+function datasetSelect(uploaded, selected) {
+  const option = (value, label) =>
+    `<option value="${esc(value)}" ${value === selected ? "selected" : ""}>${esc(label)}</option>`;
+  const own = uploaded.map((d) => option(d.id,
+    `${d.name} (${d.shapes.x_train.join("×")}, ${d.classes} classes, ${d.id})`)).join("");
+  return `<select data-field="dataset"><optgroup label="Built in">${template.datasets.map(
+    (n) => option(n, n)).join("")}</optgroup>${own ? `<optgroup label="Uploaded">${own}</optgroup>` : ""}
+    </select>`;
+}
+
+async function uploadDataset() {
+  const file = $("#dataset-file").files[0];
+  const status = $("#upload-status"), errors = $("#upload-errors");
+  errors.textContent = "";
+  if (!file) { errors.textContent = "Choose an .npz or .csv file first."; return; }
+  const form = new FormData();
+  form.append("file", file);
+  if ($("#dataset-label").value.trim()) form.append("label_column", $("#dataset-label").value.trim());
+  status.textContent = `uploading ${file.name} (${(file.size / 1e6).toFixed(1)} MB)…`;
+  const response = await fetch(`${API}/datasets`, { method: "POST", body: form });
+  const body = await response.json().catch(() => null);
+  status.textContent = "";
+  if (!response.ok) {
+    errors.textContent = body?.errors?.length
+      ? body.errors.map((e) => `${e.field}: ${e.reason}`).join("\n")
+      : body?.detail || `HTTP ${response.status}`;
+    return;
+  }
+  const uploaded = (await api("/datasets?limit=1000")).data;
+  $('[data-field="dataset"]').outerHTML = datasetSelect(uploaded, body.id);
+  status.textContent = `${body.name}: ${body.id}, ${body.classes} classes` +
+    (response.status === 200 ? " (uploaded before)" : "");
 }
 
 function field(name, label, control) {
@@ -247,7 +294,8 @@ function parseValue(text) {
 function specFromForm() {
   const P = template.parameters;
   const spec = {
-    name: value("name"), dataset: { name: value("dataset.name") }, n_trials: value("n_trials"),
+    name: value("name"), n_trials: value("n_trials"),
+    dataset: value("dataset").startsWith("ds_") ? { id: value("dataset") } : { name: value("dataset") },
     objective: { metric: value("objective.metric") },
     model: {
       architecture: value("model.architecture"),
