@@ -28,9 +28,12 @@ RUN uv pip install -r pyproject.toml --extra service
 COPY README.md ./
 COPY hpsearch ./hpsearch
 COPY service ./service
-RUN uv pip install --no-deps . && rm -rf build *.egg-info
+RUN uv pip install --no-deps . && rm -rf build *.egg-info \
+ && mkdir -p /data && chown hpsearch:hpsearch /data
 USER hpsearch
-ENV HPSEARCH_LOG_FORMAT=json
+# Uploaded datasets live under /data/artifacts (a volume in docker-compose.yml).
+ENV HPSEARCH_LOG_FORMAT=json \
+    HPSEARCH_DATA_DIR=/data
 EXPOSE 8000
 CMD ["uvicorn", "--factory", "service.api.app:app_factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
 
@@ -41,8 +44,12 @@ RUN uv pip install -r pyproject.toml --extra trainer \
 COPY README.md ./
 COPY hpsearch ./hpsearch
 COPY trainer ./trainer
-RUN uv pip install --no-deps . && rm -rf build *.egg-info
+RUN uv pip install --no-deps . && rm -rf build *.egg-info \
+ && mkdir -p /home/hpsearch/.cache/hpsearch/datasets \
+ && chown -R hpsearch:hpsearch /home/hpsearch/.cache
 USER hpsearch
+# Uploaded datasets are cached by hash under ~/.cache/hpsearch/datasets (shared by the workers of
+# one host through a volume in docker-compose.yml).
 ENV HPSEARCH_LOG_FORMAT=json \
     TF_CPP_MIN_LOG_LEVEL=2
 CMD ["hpsearch", "worker"]

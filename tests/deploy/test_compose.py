@@ -10,6 +10,7 @@ checklist.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.service.conftest import free_port, wait_for
@@ -28,6 +30,7 @@ from tests.service.conftest import free_port, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "digits-bn-clip.json"
 REQUIRED = os.environ.get("HPSEARCH_TEST_CONTAINERS") == "required"
+VOLUMES = ("pgdata", "artifacts", "dataset-cache")
 
 
 def _works(*command: str) -> bool:
@@ -133,7 +136,7 @@ class Deployment:
         for args in (
             ["rm", "-f", *left] if left else [],
             ["pod", "rm", "-f", f"pod_{self.project}"] if self.engine == "podman" else [],
-            ["volume", "rm", f"{self.project}_pgdata"],
+            ["volume", "rm", *(f"{self.project}_{v}" for v in VOLUMES)],
             ["network", "rm", f"{self.project}_default"],
         ):
             if args:
@@ -319,8 +322,40 @@ def test_4_api_and_database_restarts_mid_study_lose_nothing(deployment: Deployme
     assert "waiting for the API" in worker_logs
 
 
+def test_4b_a_study_on_an_uploaded_dataset_downloads_it_once_per_host(
+    deployment: Deployment,
+) -> None:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=rng.normal(size=(300, 8)), y_train=rng.integers(0, 3, 300))
+    http = httpx.Client(base_url=deployment.url, timeout=30)
+    uploaded = http.post("/api/v1/datasets", files={"file": ("blobs.npz", buffer.getvalue())})
+    assert uploaded.status_code == 201, uploaded.text
+    d = uploaded.json()
+    spec = {
+        "name": "on-upload",
+        "dataset": {"id": d["id"]},
+        "model": {"hidden_units": [16]},
+        "training": {"epochs": 2},
+        "pruner": {"type": "none"},
+        "n_trials": 6,
+    }
+    created = http.post("/api/v1/studies", json=spec)
+    assert created.status_code == 201, created.text
+    study = wait_complete(deployment, http, int(created.json()["id"]))
+    assert study["status"] == "completed", study
+    found = trials(http, int(created.json()["id"]))
+    assert found is not None and {t["state"] for t in found} == {"complete"}, found
+    # Two workers on one host, one shared cache: one download.
+    assert http.get(f"/api/v1/datasets/{d['id']}").json()["downloads"] == 1
+    for worker in deployment.containers("worker"):  # the workers never see the API's volume
+        mounts = json.loads(deployment.engine_run("inspect", "-f", "{{json .Mounts}}", worker))
+        assert "/data" not in [m["Destination"] for m in mounts], mounts
+
+
 def test_5_down_removes_containers_and_volumes(deployment: Deployment) -> None:
     deployment.run("down", "-v", timeout=300)
     assert deployment.containers(every=True) == []
     volumes = deployment.engine_run("volume", "ls", "--format", "{{.Name}}").split()
-    assert f"{deployment.project}_pgdata" not in volumes
+    for volume in VOLUMES:
+        assert f"{deployment.project}_{volume}" not in volumes

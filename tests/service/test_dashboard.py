@@ -197,3 +197,47 @@ def test_pasted_json_spec_launches_and_its_errors_show(make_api, browser) -> Non
     tab.shot("07-list")
     assert tab.errors == []
     tab.close()
+
+
+def test_upload_a_dataset_in_the_form_and_launch_a_study_on_it(make_api, browser, tmp_path) -> None:
+    from tests.service.test_datasets import good_csv, npz_bytes
+
+    api = make_api("sqlite")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(npz_bytes(x_train=[[1.0, float("nan")], [2.0, 3.0]], y_train=[0, 1]))
+    good = tmp_path / "pets.csv"
+    good.write_bytes(good_csv())
+    tab = Tab(browser)
+    page = tab.page
+    page.goto(f"{api.url}/#/new")
+    page.wait_for_selector("#upload-dataset")
+    assert page.locator('[data-field="dataset"] optgroup[label="Uploaded"]').count() == 0
+
+    # A bad file: the reason shows, nothing is added.
+    page.set_input_files("#dataset-file", str(bad))
+    tab.expect_console_error("status of 422")
+    page.click("#upload-dataset")
+    page.wait_for_selector("#upload-errors:has-text('NaN or infinite')")
+    assert "file: x_train holds 1 NaN or infinite value(s)" in page.inner_text("#upload-errors")
+    assert api.http.get("/api/v1/datasets").json()["count"] == 0
+
+    # A good one joins the dataset list, selected; a study launched from the form trains on it.
+    page.set_input_files("#dataset-file", str(good))
+    page.fill("#dataset-label", "kind")
+    page.click("#upload-dataset")
+    page.wait_for_selector("#upload-status:has-text('2 classes')")
+    ident = api.http.get("/api/v1/datasets").json()["data"][0]["id"]
+    assert page.eval_on_selector('[data-field="dataset"]', "e => e.value") == ident
+    assert "pets (120×5, 2 classes" in page.inner_text(
+        '[data-field="dataset"] optgroup[label="Uploaded"]'
+    )
+    tab.shot("08-form-uploaded-dataset")
+    page.fill('[data-field="name"]', "on-pets")
+    page.click("#launch")
+    page.wait_for_url("**/#/studies/*")
+    study_id = int(page.url.rsplit("/", 1)[1])
+    assert api.http.get(f"/api/v1/studies/{study_id}").json()["spec"]["dataset"] == {"id": ident}
+    shown = api.http.get(f"/api/v1/datasets/{ident}").json()["studies"]
+    assert [s["name"] for s in shown] == ["on-pets"]
+    assert tab.errors == []
+    tab.close()
