@@ -21,20 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from hpsearch.datafiles import Fields, FileFormat, check_arrays, file_format, read_file
 from hpsearch.protocol import DatasetFile
 from service.context import ServiceContext
-from service.db.models import Dataset, Study, utcnow
+from service.db.models import ACTIVE, Dataset, Study, utcnow
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.uploads import Upload
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STUDY = ("queued", "running")
 _UPLOAD_FIELDS = Fields(file="file", label_column="label_column")
 # One upload's checks at a time per process: each holds the dataset's arrays in memory.
 _CHECKS = threading.Semaphore(1)
@@ -95,6 +95,12 @@ def store_upload(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], b
     """
     try:
         fmt, name, label_column = _form(upload)
+        ident = dataset_id(upload.sha256, label_column)
+        with ctx.sessions() as s:
+            existing = s.get(Dataset, ident)
+            known = existing is not None and _blob(ctx, existing.sha256, existing.format).is_file()
+        if known:  # the same bytes, read the same way, passed these checks before
+            return get_dataset(ctx, ident), False
         with _CHECKS:
             raw = read_file(
                 upload.path,
@@ -106,12 +112,6 @@ def store_upload(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], b
             )
             summary = check_arrays(raw, "file", ctx.settings.max_classes).summary()
             del raw
-        ident = dataset_id(upload.sha256, label_column)
-        with ctx.sessions() as s:
-            existing = s.get(Dataset, ident)
-            known = existing is not None and _blob(ctx, existing.sha256, existing.format).is_file()
-        if known:
-            return get_dataset(ctx, ident), False
         with _store_lock(ctx):
             target = _blob(ctx, upload.sha256, fmt)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +195,6 @@ def _fsync_dir(path: Path) -> None:
 
 def list_datasets(ctx: ServiceContext, offset: int, limit: int) -> dict[str, Any]:
     """Uploaded datasets, newest first: ``{data, count, offset, limit}``."""
-    from sqlalchemy import func
-
     with ctx.sessions() as s:
         count = s.scalar(select(func.count()).select_from(Dataset)) or 0
         rows = s.scalars(
@@ -228,11 +226,11 @@ def get_dataset(ctx: ServiceContext, ident: str) -> dict[str, Any]:
         }
 
 
-def _dataset(s: Any, ident: str) -> Dataset:
+def _dataset(s: Session, ident: str) -> Dataset:
     d = s.get(Dataset, ident)
     if d is None:
         raise NotFoundError(f"no dataset with id {ident!r}")
-    return d  # type: ignore[no-any-return]
+    return d
 
 
 def delete_dataset(ctx: ServiceContext, ident: str) -> None:
@@ -243,7 +241,7 @@ def delete_dataset(ctx: ServiceContext, ident: str) -> None:
             d = _dataset(s, ident)
             using = s.execute(
                 select(Study.id, Study.name)
-                .where(Study.dataset_id == ident, Study.status.in_(ACTIVE_STUDY))
+                .where(Study.dataset_id == ident, Study.status.in_(ACTIVE))
                 .limit(5)
             ).all()
             if using:

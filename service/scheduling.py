@@ -30,14 +30,13 @@ from hpsearch.protocol import (
 from hpsearch.results import METRIC_NAMES
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
-from service.db.models import Study, Trial, TrialEpoch, Worker, utcnow
+from service.db.models import ACTIVE, Study, Trial, TrialEpoch, Worker, utcnow
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.spec import StudySpec
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 FINISHED_TRIAL_STATES = ("complete", "pruned", "diverged", "timed_out", "failed")
 # A study whose first trials all fail (for good) is failed: its spec is broken, not unlucky.
 FAILED_STUDY_AFTER = 5

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
-from service.db.models import Study, Trial, TrialEpoch, utcnow
+from service.db.models import ACTIVE, Study, Trial, TrialEpoch, utcnow
 from service.db.session import unit_of_work
 from service.errors import (
     AlreadyExistsError,
@@ -25,7 +25,7 @@ from service.errors import (
     InvalidSpecError,
     NotFoundError,
 )
-from service.scheduling import ACTIVE, FINISHED_TRIAL_STATES, spec_of, update_study_status
+from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
 from service.spec import parse_study_spec
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,15 @@ from hpsearch.errors import InvalidSpecError
     ("values", "field", "words"),
     [
         ({"name": "imagenet"}, "dataset.name", "'digits'"),
-        ({}, "dataset.name", "either a built-in dataset name"),
-        ({"name": "digits", "path": "x.npz"}, "dataset.name", "not both"),
+        ({}, "dataset.name", "give one of a built-in dataset name"),
+        ({"name": "digits", "path": "x.npz"}, "dataset.name", "an uploaded dataset's id"),
+        ({"name": "digits", "id": "ds_0123456789abcdef"}, "dataset.name", "give one of"),
+        ({"id": "ds_../../etc"}, "dataset.id", "should match pattern"),
+        (
+            {"id": "ds_0123456789abcdef", "label_column": "y"},
+            "dataset.label_column",
+            "chosen at upload",
+        ),
         ({"path": "data.txt"}, "dataset.path", ".npz or .csv"),
         (
             {"name": "digits", "n_features": 8},
