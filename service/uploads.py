@@ -8,6 +8,7 @@ an ``incoming`` file, which the reaper sweeps away once it has been idle long en
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -32,6 +33,10 @@ _MAX_PARTS = 8
 
 class UploadTooLargeError(ValueError):
     """The file passes the configured size limit (answered 413)."""
+
+
+class StorageFullError(OSError):
+    """No room left for the upload in the artifact directory (answered 507)."""
 
 
 @dataclass
@@ -180,10 +185,13 @@ async def receive_upload(
     except (UploadTooLargeError, InvalidSpecError, ClientDisconnect):
         receiver.abort()
         raise
-    except Exception as exc:  # a malformed body (python-multipart's errors), or a full disk
+    except OSError as exc:
         receiver.abort()
-        if isinstance(exc, OSError):
-            raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(exc.errno, f"no space left in {incoming}") from None
+        raise
+    except Exception as exc:  # a malformed body (python-multipart's errors)
+        receiver.abort()
         raise InvalidSpecError([FieldError("(body)", f"malformed multipart body: {exc}")]) from None
     if receiver.upload is None:
         raise InvalidSpecError([FieldError(file_field, "no file sent in this field")])

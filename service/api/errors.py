@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
-from service.uploads import UploadTooLargeError
+from service.uploads import StorageFullError, UploadTooLargeError
 
 log = logging.getLogger(__name__)
 # How long a client should wait before retrying while the database is away (restarting, failing
@@ -75,6 +75,14 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=413,
             content=_body(f"file: {reason}", [{"field": "file", "reason": reason}]),
             headers={"Connection": "close"},
+        )
+
+    @app.exception_handler(StorageFullError)
+    async def storage_full(_: Request, exc: StorageFullError) -> JSONResponse:
+        log.error("upload refused: the artifact directory is full", extra={"problem": str(exc)})
+        reason = f"the service has no room for this file ({exc.strerror}); nothing was stored"
+        return JSONResponse(
+            status_code=507, content=_body(reason, [{"field": "file", "reason": reason}])
         )
 
     @app.exception_handler(AlreadyExistsError)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from hpsearch.datasets import DATASET_ID_PATTERN
 from hpsearch.protocol import (
@@ -24,6 +26,8 @@ from service.api.deps import ContextDep, LimitDep, OffsetDep
 from service.db.migrate import current_revision, head_revision
 from service.spec import StudySpec
 from service.uploads import receive_upload
+
+log = logging.getLogger(__name__)
 
 health = APIRouter(tags=["health"])
 studies_router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
@@ -185,9 +189,13 @@ async def upload_dataset(request: Request, ctx: ContextDep) -> JSONResponse:
     """Upload a dataset (multipart field ``file``). Checked before it is stored: numeric arrays
     only (no pickle), shapes that agree, integer labels in range, no NaN or inf. Answers its id,
     name, SHA-256, shapes, classes and size."""
-    upload = await receive_upload(
-        request, datasets.incoming_dir(ctx), ctx.settings.max_upload_bytes
-    )
+    try:
+        upload = await receive_upload(
+            request, datasets.incoming_dir(ctx), ctx.settings.max_upload_bytes
+        )
+    except ClientDisconnect:  # nobody is left to answer; the partial file is gone already
+        log.info("upload abandoned by the client")
+        return JSONResponse({"detail": "upload abandoned"}, status_code=400)
     dataset, created = await run_in_threadpool(datasets.store_upload, ctx, upload)
     return JSONResponse(dataset, status_code=201 if created else 200)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,44 @@ def test_bad_requests_name_the_field(api: Api) -> None:
     bad_id = api.http.get("/api/v1/datasets/../../etc/passwd")
     assert bad_id.status_code in (404, 422)
     assert api.http.get("/api/v1/datasets/ds_not-an-id").status_code == 422
+
+
+def test_a_full_disk_answers_507_and_keeps_nothing(make_api, tmp_path) -> None:
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
+    try:
+        api = make_api("sqlite", HPSEARCH_ARTIFACTS_DIR=str(small))
+        big = npz_bytes(x_train=np.ones((100_000, 4), np.float32), y_train=np.arange(100_000) % 2)
+        response = upload(api, "big.npz", big)
+        assert response.status_code == 507, response.text
+        assert "the service has no room for this file" in response.json()["errors"][0]["reason"]
+        assert not [p for p in small.rglob("*") if p.is_file() and p.name != ".lock"]
+        # Room for a small one: the service goes on.
+        assert upload(api, "small.npz", good_npz(n=100)).status_code == 201
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=False)
+
+
+def test_an_upload_its_client_abandons_leaves_nothing(api: Api) -> None:
+    content = good_npz(seed=12, n=20_000)
+    boundary = "goneb0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="g.npz"\r\n\r\n'
+    ).encode()
+    incoming = api.data_dir / "artifacts" / "incoming"
+    before = api.http.get("/api/v1/datasets").json()["count"]
+    with socket.create_connection(("127.0.0.1", api.port)) as sock:
+        sock.sendall(
+            (
+                "POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {len(head) + len(content) + 100}\r\n\r\n"
+            ).encode()
+            + head
+            + content[: len(content) // 2]
+        )
+        wait_for(lambda: any(incoming.glob("*.part")), 10, "the upload to reach the disk")
+    wait_for(lambda: not any(incoming.glob("*.part")), 10, "the partial upload to be deleted")
+    assert api.http.get("/api/v1/datasets").json()["count"] == before
+    assert "Traceback" not in Path(api.log).read_text()
