@@ -3,10 +3,12 @@ endpoints, deletion rules, and a crash mid-upload."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,36 @@ def good_csv(n: int = 120) -> bytes:
 
 def upload(api: Api, filename: str, content: bytes, **fields: str) -> Any:
     return api.http.post("/api/v1/datasets", files={"file": (filename, content)}, data=fields)
+
+
+def multipart_body(filename: str, content: bytes) -> tuple[bytes, str]:
+    """A hand-made multipart body with one file part, and its Content-Type."""
+    boundary = "hpsb0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + content + f"\r\n--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
+@contextlib.contextmanager
+def half_sent_upload(api: Api, content: bytes) -> Iterator[None]:
+    """An upload whose first half has reached the API's disk, on a raw connection that stays
+    open inside the block and closes after it (the rest is never sent)."""
+    body, content_type = multipart_body("half.npz", content)
+    incoming = api.data_dir / "artifacts" / "incoming"
+    with socket.create_connection(("127.0.0.1", api.port)) as sock:
+        sock.sendall(
+            (
+                "POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body[: len(body) // 2]
+        )
+        wait_for(lambda: any(incoming.glob("*.part")), 10, "the upload to reach the disk")
+        yield
 
 
 def stored_files(api: Api) -> list[Path]:
@@ -187,12 +219,7 @@ def test_a_file_past_the_size_limit_is_refused_with_413_and_nothing_stored(make_
     reason = response.json()["errors"][0]["reason"]
     assert "passes the limit of 100,000 bytes" in reason and "HPSEARCH_MAX_UPLOAD_BYTES" in reason
     # Without one (a chunked stream): refused as the count passes the limit.
-    boundary = "b0undary"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    body = head + big + f"\r\n--{boundary}--\r\n".encode()
+    body, content_type = multipart_body("big.npz", big)
 
     def chunks() -> Any:
         for i in range(0, len(body), 16_384):
@@ -201,7 +228,7 @@ def test_a_file_past_the_size_limit_is_refused_with_413_and_nothing_stored(make_
     streamed = api.http.post(
         "/api/v1/datasets",
         content=chunks(),
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={"Content-Type": content_type},
     )
     assert streamed.status_code == 413
     # Below the limit, the same service takes a file.
@@ -265,25 +292,8 @@ def test_delete_is_refused_while_a_study_uses_the_dataset(api: Api) -> None:
 def test_a_crash_mid_upload_stores_nothing_and_its_leftover_is_swept(make_api) -> None:
     api = make_api("sqlite", HPSEARCH_UPLOAD_STALE_SECONDS="3")
     content = good_npz(seed=11, n=20_000)
-    boundary = "crashb0undary"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.npz"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    length = len(head) + len(content) + len(tail)
     incoming = api.data_dir / "artifacts" / "incoming"
-    with socket.create_connection(("127.0.0.1", api.port)) as sock:
-        sock.sendall(
-            (
-                "POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                f"Content-Length: {length}\r\n\r\n"
-            ).encode()
-            + head
-            + content[: len(content) // 2]
-        )
-        wait_for(lambda: any(incoming.glob("*.part")), 10, "the upload to reach the disk")
+    with half_sent_upload(api, content):
         api.kill()  # mid-upload: half the file received
     api.start()
     assert api.http.get("/api/v1/datasets").json()["count"] == 0
@@ -326,24 +336,10 @@ def test_a_full_disk_answers_507_and_keeps_nothing(make_api, tmp_path) -> None:
 
 
 def test_an_upload_its_client_abandons_leaves_nothing(api: Api) -> None:
-    content = good_npz(seed=12, n=20_000)
-    boundary = "goneb0undary"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="g.npz"\r\n\r\n'
-    ).encode()
     incoming = api.data_dir / "artifacts" / "incoming"
     before = api.http.get("/api/v1/datasets").json()["count"]
-    with socket.create_connection(("127.0.0.1", api.port)) as sock:
-        sock.sendall(
-            (
-                "POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                f"Content-Length: {len(head) + len(content) + 100}\r\n\r\n"
-            ).encode()
-            + head
-            + content[: len(content) // 2]
-        )
-        wait_for(lambda: any(incoming.glob("*.part")), 10, "the upload to reach the disk")
+    with half_sent_upload(api, good_npz(seed=12, n=20_000)):
+        pass  # the client hangs up
     wait_for(lambda: not any(incoming.glob("*.part")), 10, "the partial upload to be deleted")
     assert api.http.get("/api/v1/datasets").json()["count"] == before
     assert "Traceback" not in Path(api.log).read_text()
