@@ -14,6 +14,17 @@ BUILTIN_DATASETS: tuple[str, ...] = ("digits", "mnist_5k", "synthetic", "mnist",
 Scaling = Literal["auto", "none", "pixels", "standardize"]
 
 DATASET_ID_PATTERN = r"^ds_[0-9a-f]{16}$"
+# One example's shape and the number of classes of each bundled dataset (synthetic: from its
+# fields), for checks made before any data is loaded.
+BUILTIN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((8, 8, 1), 10),
+    "mnist_5k": ((28, 28, 1), 10),
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+}
+# A synthetic dataset is generated in memory (as float64) by every worker: n_samples x n_features
+# at most this many values (400 MB).
+MAX_SYNTHETIC_VALUES = 50_000_000
 _SYNTHETIC_ONLY = ("n_samples", "n_features", "n_informative", "n_classes", "synthetic_seed")
 
 
@@ -68,6 +79,11 @@ class DatasetSpec(BaseModel):
             given = [f for f in _SYNTHETIC_ONLY if f in self.model_fields_set]
             if given:
                 raise ValueError(f"{given[0]}: only applies to the 'synthetic' dataset")
+        elif self.n_samples * self.n_features > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"n_samples: n_samples x n_features must be at most {MAX_SYNTHETIC_VALUES:,} "
+                f"values, got {self.n_samples:,} x {self.n_features:,}"
+            )
         elif self.n_informative > self.n_features:
             raise ValueError(
                 f"n_informative: must be <= n_features ({self.n_features}), "
@@ -81,6 +97,14 @@ class DatasetSpec(BaseModel):
         if self.path is not None and not self.path.endswith((".npz", ".csv")):
             raise ValueError("path: must name a .npz or .csv file")
         return self
+
+    @property
+    def shape(self) -> tuple[tuple[int, ...], int] | None:
+        """(one example's shape, classes), known before loading for bundled and synthetic
+        data; ``None`` for uploads and files."""
+        if self.name == "synthetic":
+            return (self.n_features,), self.n_classes
+        return BUILTIN_SHAPES.get(self.name or "")
 
     @property
     def label(self) -> str:

@@ -191,6 +191,40 @@ def validate_params(values: dict[str, Any], prefix: str = "") -> TrialParams:
         raise InvalidSpecError(field_errors_from_pydantic(exc, _describe, prefix)) from None
 
 
+def count_weights(params: TrialParams, input_shape: tuple[int, ...], n_classes: int) -> int:
+    """How many weights (trainable or not) the trainer's model for ``params`` has, counted
+    without building it: the service refuses a study whose model would not fit before any
+    trial runs. Mirrors ``trainer.model.build_model`` (a test holds the two together)."""
+
+    def bn(channels: int) -> int:  # gamma, beta, moving mean, moving variance
+        return 4 * channels
+
+    def block(fan_in: int, units: int, per_unit: int) -> int:
+        bias = 0 if params.batch_norm == "before" else units
+        return fan_in * per_unit * units + bias + (bn(units) if params.batch_norm != "none" else 0)
+
+    total = 0
+    if params.architecture == "mlp":
+        width = 1
+        for d in input_shape:
+            width *= d
+        total += bn(width) if params.input_batch_norm else 0
+    else:
+        height, wide = input_shape[0], input_shape[1] if len(input_shape) > 1 else 1
+        channels = input_shape[2] if len(input_shape) > 2 else 1
+        total += bn(channels) if params.input_batch_norm else 0
+        for filters in params.conv_filters:
+            total += block(channels, filters, params.kernel_size**2)
+            channels = filters
+            if height >= 2 and wide >= 2:
+                height, wide = height // 2, wide // 2
+        width = height * wide * channels
+    for units in params.hidden_units:
+        total += block(width, units, 1)
+        width = units
+    return total + width * n_classes + n_classes
+
+
 class TrainingSettings(BaseModel):
     """How one trial is run: for how long, with which seed, and what it is judged on."""
 

@@ -1,4 +1,5 @@
-"""The service's commands: ``serve``, ``migrate``, ``study``, ``dataset`` and ``dashboard``.
+"""The service's commands: ``serve``, ``migrate``, ``token``, ``study``, ``dataset`` and
+``dashboard``.
 Heavy imports happen inside the handlers, so that ``hpsearch --help`` stays quick and works where
 only one half is installed. ``study`` and ``dataset`` commands talk to a running API over HTTP."""
 
@@ -34,10 +35,42 @@ def register(subparsers: Any) -> None:
         default=None,
         help="where the SQLite database lives (env HPSEARCH_DATA_DIR)",
     )
+    serve.add_argument(
+        "--allow-no-auth",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback --host with HPSEARCH_AUTH off (a trusted network only; "
+        "env HPSEARCH_ALLOW_NO_AUTH)",
+    )
     serve.set_defaults(handler=run_serve)
 
     migrate = subparsers.add_parser("migrate", help="create or upgrade the database schema")
     migrate.set_defaults(handler=run_migrate)
+
+    token = subparsers.add_parser(
+        "token",
+        help="create, list and revoke API tokens (HPSEARCH_AUTH=on)",
+        description="Manage API tokens in the service's database (HPSEARCH_DATABASE_URL, or "
+        "SQLite under HPSEARCH_DATA_DIR): run it where the API runs, e.g. "
+        "`docker compose run --rm api hpsearch token create alice`. A user token launches, stops "
+        "and reads studies; a worker token only speaks the worker protocol.",
+    )
+    actions = token.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create_token = actions.add_parser(
+        "create", help="a new token, printed once (only its hash is kept)"
+    )
+    create_token.add_argument("name", help="who or what holds it, e.g. alice or gpu-box-3")
+    create_token.add_argument("--kind", choices=("user", "worker"), default="user")
+    create_token.add_argument(
+        "--expires-in", metavar="DURATION", help="e.g. 90d, 12h (default: never)"
+    )
+    create_token.set_defaults(handler=run_token_create)
+    list_tokens = actions.add_parser("list", help="every token, without its secret")
+    list_tokens.add_argument("--json", action="store_true", help="as JSON")
+    list_tokens.set_defaults(handler=run_token_list)
+    revoke = actions.add_parser("revoke", help="revoke a token by id, or every one with a name")
+    revoke.add_argument("token", help="tok_... or a name")
+    revoke.set_defaults(handler=run_token_revoke)
 
     dashboard = subparsers.add_parser(
         "dashboard",
@@ -50,6 +83,11 @@ def register(subparsers: Any) -> None:
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.add_argument(
         "--data-dir", type=Path, default=None, help="where the SQLite database lives"
+    )
+    dashboard.add_argument(
+        "--allow-no-auth",
+        action="store_true",
+        help="listen on a non-loopback --host (optuna-dashboard has no authentication)",
     )
     dashboard.set_defaults(handler=run_dashboard)
 
@@ -103,14 +141,30 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from hpsearch.logs import configure_logging
     from service.api.app import create_app
+    from service.api.middleware import is_loopback
     from service.config import Settings
 
     if args.data_dir is not None:
         os.environ["HPSEARCH_DATA_DIR"] = str(args.data_dir)
     settings = Settings()
+    if args.allow_no_auth:
+        settings = settings.model_copy(update={"allow_no_auth": True})
+    if not settings.auth and not settings.allow_no_auth and not is_loopback(args.host):
+        print(
+            f"hpsearch serve: refusing to listen on {args.host} without authentication. "
+            "Set HPSEARCH_AUTH=on and give clients tokens (`hpsearch token create`), or pass "
+            "--allow-no-auth on a trusted network.",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     url = f"http://{args.host}:{args.port}"
+    if args.host in ("0.0.0.0", "::"):  # the workers reach a wildcard listener on loopback
+        url = f"http://127.0.0.1:{args.port}"
+    worker_env = dict(os.environ)
+    if settings.auth and args.workers:
+        worker_env["HPSEARCH_TOKEN"] = _local_worker_token(settings)
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     workers = [
         subprocess.Popen(
@@ -128,14 +182,16 @@ def run_serve(args: argparse.Namespace) -> int:
                 "--id",
                 f"local-{i + 1}",
             ],
+            env=worker_env,
             # Safe here: serve has started no thread yet (the API's start after the workers).
             preexec_fn=_terminate_with_parent,  # noqa: PLW1509
         )
         for i in range(args.workers)
     ]
     print(
-        f"hpsearch: API on {url} (docs {url}/docs), {args.workers} worker(s), "
-        f"database {settings.url}",
+        f"hpsearch: API on http://{args.host}:{args.port} (docs /docs), "
+        f"{args.workers} worker(s), database {settings.url}, auth "
+        + ("on" if settings.auth else "off"),
         file=sys.stderr,
         flush=True,
     )
@@ -159,6 +215,23 @@ def run_serve(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 w.kill()
     return 0
+
+
+def _local_worker_token(settings: Any) -> str:
+    """A worker token for ``serve``'s own workers, made afresh at every start (the previous
+    one is revoked): its secret never leaves this process and its children."""
+    from service import auth
+    from service.context import ServiceContext
+    from service.db.migrate import upgrade
+    from service.db.session import wait_for_database
+
+    ctx = ServiceContext.from_settings(settings)
+    try:
+        wait_for_database(ctx.engine, settings.database_wait_seconds)
+        upgrade(ctx.engine)
+        return auth.replace_token(ctx, "worker", "hpsearch serve: local workers")
+    finally:
+        ctx.engine.dispose()
 
 
 def _terminate_with_parent() -> None:
@@ -191,6 +264,99 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_context() -> Any:
+    """The service's database, migrated, for the token commands."""
+    from service.config import Settings
+    from service.context import ServiceContext
+    from service.db.migrate import upgrade
+    from service.db.session import wait_for_database
+
+    settings = Settings()
+    ctx = ServiceContext.from_settings(settings)
+    wait_for_database(ctx.engine, settings.database_wait_seconds)
+    upgrade(ctx.engine)
+    return ctx
+
+
+def run_token_create(args: argparse.Namespace) -> int:
+    """Print a new token once, on stdout alone (``TOKEN=$(hpsearch token create ci)``)."""
+    from service import auth
+
+    try:
+        expires_in = auth.parse_duration(args.expires_in) if args.expires_in else None
+    except ValueError as exc:
+        print(f"error: --expires-in: {exc}", file=sys.stderr)
+        return 2
+    if not 1 <= len(args.name) <= 200:
+        print("error: name: 1 to 200 characters", file=sys.stderr)
+        return 2
+    ctx = _token_context()
+    try:
+        row, secret = auth.create_token(ctx, args.kind, args.name, expires_in)
+    finally:
+        ctx.engine.dispose()
+    print(
+        f"{row['kind']} token {row['id']} ({row['name']})"
+        + (f", expires {row['expires_at'][:19]}" if row["expires_at"] else "")
+        + ". Shown once: keep it now.",
+        file=sys.stderr,
+    )
+    if not ctx.settings.auth:
+        print("note: HPSEARCH_AUTH is off here: the API asks for no token", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def run_token_list(args: argparse.Namespace) -> int:
+    """A table (or JSON) of tokens, secrets never shown."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from service import auth
+
+    ctx = _token_context()
+    try:
+        rows = auth.list_tokens(ctx)
+    finally:
+        ctx.engine.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"{len(rows)} tokens")
+    for column in ("id", "name", "kind", "starts with", "status", "created", "last used"):
+        table.add_column(column, no_wrap=column in ("id", "starts with"))
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["name"],
+            r["kind"],
+            r["hint"],
+            r["status"],
+            r["created_at"][:19],
+            (r["last_used_at"] or "never")[:19],
+        )
+    Console().print(table)
+    return 0
+
+
+def run_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke by id or name; the API refuses it from the next request on."""
+    from service import auth
+    from service.errors import NotFoundError
+
+    ctx = _token_context()
+    try:
+        rows = auth.revoke_token(ctx, args.token)
+    except NotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.engine.dispose()
+    for r in rows:
+        print(f"revoked {r['kind']} token {r['id']} ({r['name']})")
+    return 0
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
     """``hpsearch dashboard``: optuna-dashboard over the service's storage."""
     try:
@@ -203,8 +369,18 @@ def run_dashboard(args: argparse.Namespace) -> int:
         return 2
     from sqlalchemy.engine import make_url
 
+    from service.api.middleware import is_loopback
     from service.config import Settings
     from service.optuna_bridge import optuna_storage
+
+    if not is_loopback(args.host) and not args.allow_no_auth:
+        print(
+            f"hpsearch dashboard: refusing to listen on {args.host}: optuna-dashboard has no "
+            "authentication and can change studies. Keep it on 127.0.0.1 (reach it through an "
+            "SSH tunnel), or pass --allow-no-auth on a trusted network.",
+            file=sys.stderr,
+        )
+        return 2
 
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     where = make_url(settings.url).render_as_string(hide_password=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,43 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(True, description="upgrade the schema when the API starts")
     database_wait_seconds: float = Field(
         60.0, ge=0, description="how long the API and migrate wait for the database at start"
+    )
+    # -- exposure (see the README's "Security") ---------------------------------------------------
+    auth: bool = Field(
+        False,
+        description="on: every endpoint but /healthz needs a token (Authorization: Bearer)",
+    )
+    allow_no_auth: bool = Field(
+        False,
+        description="answer on non-loopback addresses with auth off (a trusted network only)",
+    )
+    worker_token: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="a worker token registered (hashed) when the API starts: a deployment hands "
+        "this one secret to all its workers",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed cross-site calls; none by default"
+    )
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="the largest JSON body (uploads have their own limit)"
+    )
+    request_body_seconds: float = Field(
+        60.0, gt=0, description="a request body must arrive within this (uploads: per chunk)"
+    )
+    max_page_size: int = Field(1_000, ge=1, description="the largest `limit` of a list")
+    max_active_studies: int = Field(
+        50, ge=1, description="studies queued or running at once; more answer 409"
+    )
+    max_model_params: int = Field(
+        50_000_000, ge=1_000, description="weights of a trial's model, counted before it runs"
+    )
+    user_request_slots: int = Field(
+        16,
+        ge=1,
+        description="user requests handled at once per API process; the worker protocol never "
+        "waits behind them",
     )
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")

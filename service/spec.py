@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpsearch.datasets import validate_dataset
 from hpsearch.errors import FieldError, InvalidSpecError, field_errors_from_pydantic
-from hpsearch.params import PARAMETER_NAMES, parameter_domain, validate_params
+from hpsearch.params import PARAMETER_NAMES, count_weights, parameter_domain, validate_params
 from hpsearch.results import Direction, ObjectiveMetric
 
 MODEL_PARAMS = (
@@ -70,7 +70,7 @@ class IntRange(_Strict):
 
 class Categorical(_Strict):
     type: Literal["categorical"]
-    choices: list[str | bool | int | float] = Field(min_length=1)
+    choices: list[str | bool | int | float] = Field(min_length=1, max_length=1000)
 
 
 SearchParam = Annotated[FloatRange | IntRange | Categorical, Field(discriminator="type")]
@@ -166,7 +166,9 @@ def parse_study_spec(raw: Any, max_trials: int, max_epochs: int) -> StudySpec:
     if spec.n_trials > max_trials:
         errors.append(
             FieldError(
-                "n_trials", f"at most {max_trials} (configured maximum), got {spec.n_trials}"
+                "n_trials",
+                f"at most {max_trials} (configured maximum, HPSEARCH_MAX_TRIALS), "
+                f"got {spec.n_trials}",
             )
         )
     epochs = spec.training.get("epochs", spec.epochs)
@@ -175,7 +177,8 @@ def parse_study_spec(raw: Any, max_trials: int, max_epochs: int) -> StudySpec:
     ):
         errors.append(
             FieldError(
-                "training.epochs", f"must be an integer in [1, {max_epochs}], got {epochs!r}"
+                "training.epochs",
+                f"must be an integer in [1, {max_epochs}] (HPSEARCH_MAX_EPOCHS), got {epochs!r}",
             )
         )
     if "epochs" in spec.training and spec.epochs is not None:
@@ -317,6 +320,42 @@ def _check_combinations(spec: StudySpec) -> list[FieldError]:
                 hint = "" if e.field in space else " (fix it in model/training or search it)"
                 errors.append(FieldError(_where(e.field, space), e.reason + hint))
     return errors
+
+
+def check_model_size(
+    spec: StudySpec, input_shape: tuple[int, ...], n_classes: int, max_weights: int
+) -> list[FieldError]:
+    """The largest model any corner of the space builds must have at most ``max_weights``
+    weights: a model that cannot fit is refused here, not by every trial running out of
+    memory."""
+    base = dict(spec.fixed_params)
+    largest, where = 0, "model.hidden_units"
+    for name, param in spec.space.items():
+        values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
+        base.setdefault(name, values[0])
+    corners = [
+        {name: value}
+        for name, param in spec.space.items()
+        for value in (param.choices if isinstance(param, Categorical) else [param.low, param.high])
+    ]
+    for corner in corners or [{}]:
+        params = validate_params({**base, **corner})
+        if params.architecture == "cnn" and len(input_shape) not in (2, 3):
+            continue  # the trainer refuses it with its own reason
+        weights = count_weights(params, input_shape, n_classes)
+        if weights > largest:
+            largest = weights
+            where = "model.hidden_units" if params.architecture == "mlp" else "model.conv_filters"
+    if largest <= max_weights:
+        return []
+    return [
+        FieldError(
+            where,
+            f"the model would have {largest:,} weights on this dataset "
+            f"({'x'.join(map(str, input_shape))} inputs, {n_classes} classes), more than "
+            f"{max_weights:,} (HPSEARCH_MAX_MODEL_PARAMS): use fewer or smaller layers",
+        )
+    ]
 
 
 def _where(field: str, space: dict[str, Any]) -> str:

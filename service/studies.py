@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from hpsearch.datasets import validate_dataset
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
 from service.db.models import ACTIVE, Study, Trial, TrialEpoch, utcnow
@@ -26,7 +27,7 @@ from service.errors import (
     NotFoundError,
 )
 from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
-from service.spec import parse_study_spec
+from service.spec import StudySpec, check_model_size, parse_study_spec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
                 )
             ]
         )
+    shape = _dataset_shape(ctx, spec)
+    if shape is not None:
+        errors = check_model_size(spec, *shape, ctx.settings.max_model_params)
+        if errors:
+            raise InvalidSpecError(errors)
+    _check_active_limit(ctx)
     with ctx.sessions() as s:
         if s.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
             raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
@@ -75,6 +82,26 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
         raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists") from None
     log.info("study created", extra={"study": spec.name, "n_trials": spec.n_trials})
     return get_study(ctx, study_id)
+
+
+def _dataset_shape(ctx: ServiceContext, spec: StudySpec) -> tuple[tuple[int, ...], int] | None:
+    """(one example's shape, classes) of the spec's dataset, where known before loading."""
+    if "id" in spec.dataset:
+        found = datasets.get_dataset(ctx, spec.dataset["id"])
+        return tuple(found["shapes"]["x_train"][1:]), int(found["classes"])
+    return validate_dataset(spec.dataset).shape
+
+
+def _check_active_limit(ctx: ServiceContext) -> None:
+    """At most ``HPSEARCH_MAX_ACTIVE_STUDIES`` studies queued or running at once."""
+    limit = ctx.settings.max_active_studies
+    with ctx.sessions() as s:
+        active = s.scalar(select(func.count()).select_from(Study).where(Study.status.in_(ACTIVE)))
+    if (active or 0) >= limit:
+        raise ConflictError(
+            f"{active} studies are queued or running, the most this service runs at once "
+            f"(HPSEARCH_MAX_ACTIVE_STUDIES={limit}): stop one or wait for one to finish"
+        )
 
 
 def _study(s: Session, study_id: int) -> Study:
@@ -180,6 +207,7 @@ def resume_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
                 f"study {study.name!r} trains on dataset {study.dataset_id}, which was deleted; "
                 "upload the same file again (it gets the same id) to resume"
             )
+        _check_active_limit(ctx)
         study.status = "running" if study.started_at else "queued"
         study.status_reason, study.finished_at = None, None
         spec = spec_of(study)
@@ -302,6 +330,11 @@ def trials_csv(ctx: ServiceContext, study_id: int) -> Iterator[str]:
         trials = s.scalars(
             select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)
         ).all()
+    # Loaded (or refused with 404) here, before the response starts; only the rows stream.
+    return _csv_rows(spec, trials)
+
+
+def _csv_rows(spec: Any, trials: Sequence[Trial]) -> Iterator[str]:
     names = sorted({*spec.space, *spec.fixed_params})
     head = [
         "number",

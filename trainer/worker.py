@@ -56,6 +56,23 @@ class LeaseLostError(RuntimeError):
     """The service no longer leases this trial to us (404 or 409): drop it."""
 
 
+class TokenRefusedError(LeaseLostError):
+    """401 or 403: the API refuses this worker's token (missing, revoked, or a user token). A
+    trial in hand is dropped (its lease runs out and another worker re-runs it); the worker
+    exits."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        super().__init__(
+            f"the API refused this worker's token (HTTP {response.status_code}: {detail}); "
+            "give the worker a worker token with --token or HPSEARCH_TOKEN "
+            "(made by `hpsearch token create --kind worker NAME` where the API runs)"
+        )
+
+
 def default_worker_id() -> str:
     """``host-pid-xxxxxx``: the random part tells a restarted container (same host name, pid 1)
     from the process it replaces, so the trial the old one held is re-run as a lost trial."""
@@ -88,6 +105,8 @@ class ApiClient:
         while True:
             try:
                 response = self._http.post(path, json=body)
+                if response.status_code in (401, 403):
+                    raise TokenRefusedError(response)
                 if response.status_code not in _RETRYABLE_STATUS:
                     retry.answered()
                     return response
@@ -103,6 +122,9 @@ class ApiClient:
         while True:
             try:
                 with self._http.stream("GET", path, timeout=_DOWNLOAD_TIMEOUT) as response:
+                    if response.status_code in (401, 403):
+                        response.read()
+                        raise TokenRefusedError(response)
                     if response.status_code not in _RETRYABLE_STATUS:
                         retry.answered()
                         if response.status_code == 404:
@@ -305,6 +327,9 @@ class Worker:
         except ApiUnreachableError as exc:
             log.error(str(exc), extra={"worker": self.worker_id})
             return 3
+        except TokenRefusedError as exc:
+            log.error(str(exc), extra={"worker": self.worker_id})
+            return 4
         finally:
             self._executor.close()
             self._client.close()

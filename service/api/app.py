@@ -9,15 +9,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
-from service import analysis, datasets
+from service import analysis, auth, datasets
+from service.api.auth import USER, USER_OR_WORKER, WORKER, session_router
 from service.api.errors import install_error_handlers
+from service.api.middleware import BodyLimit, Lanes, LoopbackGuard, SecurityHeaders
 from service.api.routes import (
     analysis_router,
+    dataset_content_router,
     datasets_router,
     health,
+    probes_router,
     studies_router,
     workers_router,
 )
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         if settings.auto_migrate:
             upgrade(ctx.engine)
+        _register_tokens(ctx)
         stop = threading.Event()
         thread = threading.Thread(target=_reaper, args=(ctx, stop), daemon=True, name="reaper")
         thread.start()
@@ -90,17 +98,74 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Hyperparameter search for Keras models: launch studies, "
-        "watch trials; workers ask for trials and report epochs.",
+        "watch trials; workers ask for trials and report epochs. With HPSEARCH_AUTH=on, "
+        "every endpoint but /healthz needs `Authorization: Bearer <token>`: a user token, "
+        "or a worker token for the worker protocol.",
+        # Served below, behind a user token like the rest of the API.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = ctx
     install_error_handlers(app)
     app.include_router(health)
-    app.include_router(studies_router)
-    app.include_router(workers_router)
-    app.include_router(analysis_router)
-    app.include_router(datasets_router)
+    app.include_router(session_router)
+    app.include_router(studies_router, dependencies=[USER])
+    app.include_router(workers_router, dependencies=[WORKER])
+    app.include_router(analysis_router, dependencies=[USER])
+    app.include_router(datasets_router, dependencies=[USER])
+    app.include_router(dataset_content_router, dependencies=[USER_OR_WORKER])
+    app.include_router(probes_router, dependencies=[USER_OR_WORKER])
     app.include_router(dashboard_router)
+    _add_docs(app)
+
+    # The last added runs first: headers on every answer, then the loopback rule, then CORS
+    # (only for configured origins), then the limits on bodies, then the lanes.
+    app.add_middleware(Lanes, slots=settings.user_request_slots)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_request_bytes, seconds=settings.request_body_seconds
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    if not settings.auth and not settings.allow_no_auth:
+        app.add_middleware(LoopbackGuard)
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """The OpenAPI schema and Swagger UI, behind a user token (the dashboard's session
+    cookie opens them in a browser)."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[USER])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[USER])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="hpsearch API")
+
+
+def _register_tokens(ctx: ServiceContext) -> None:
+    """Register the deployment's worker token (hashed); say how to make one when auth is on
+    and there is none."""
+    settings = ctx.settings
+    if settings.worker_token is not None:
+        auth.register_token(
+            ctx, "worker", "HPSEARCH_WORKER_TOKEN", settings.worker_token.get_secret_value()
+        )
+    if settings.auth and not any(t["status"] == "active" for t in auth.list_tokens(ctx)):
+        log.warning(
+            "auth is on and there is no token yet: every request will answer 401; "
+            "create one with `hpsearch token create --kind user NAME`"
+        )
+    elif not settings.auth:
+        log.warning("auth is off: anyone who reaches this API can use it (HPSEARCH_AUTH=on)")
 
 
 def app_factory() -> FastAPI:

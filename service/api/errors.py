@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DBAPIError
 
+from service.api.auth import AuthError
 from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
 from service.uploads import StorageFullError, UploadTooLargeError
@@ -46,6 +47,15 @@ def _human(n: int) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping on ``app``."""
+
+    @app.exception_handler(AuthError)
+    async def unauthorized(request: Request, exc: AuthError) -> JSONResponse:
+        log.info(
+            "request refused",
+            extra={"path": request.url.path, "status": exc.status_code, "problem": exc.detail},
+        )
+        headers = {"WWW-Authenticate": 'Bearer realm="hpsearch"'} if exc.status_code == 401 else {}
+        return JSONResponse(status_code=exc.status_code, content=_body(exc.detail), headers=headers)
 
     @app.exception_handler(InvalidSpecError)
     async def invalid(_: Request, exc: InvalidSpecError) -> JSONResponse:

@@ -22,7 +22,14 @@ from hpsearch.protocol import (
     TellRequest,
 )
 from service import analysis, datasets, scheduling, studies
-from service.api.deps import ContextDep, LimitDep, OffsetDep
+from service.api.deps import (
+    ContextDep,
+    Page,
+    StudyIdPath,
+    TrialIdPath,
+    TrialNumberPath,
+    page,
+)
 from service.db.migrate import current_revision, head_revision
 from service.spec import StudySpec
 from service.uploads import receive_upload
@@ -30,10 +37,13 @@ from service.uploads import receive_upload
 log = logging.getLogger(__name__)
 
 health = APIRouter(tags=["health"])
+probes_router = APIRouter(tags=["health"])
 studies_router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 workers_router = APIRouter(prefix="/api/v1", tags=["worker protocol"])
 analysis_router = APIRouter(prefix="/api/v1/studies", tags=["analysis"])
 datasets_router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+# Users read their datasets back; workers fetch the ones their trials name.
+dataset_content_router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 TrialStateFilter = Literal["running", "complete", "pruned", "diverged", "timed_out", "failed"]
 TrialSort = Literal["number", "value", "epochs_run", "duration", "state"]
@@ -45,7 +55,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health.get("/readyz")
+@probes_router.get("/readyz")
 def readyz(ctx: ContextDep) -> JSONResponse:
     """The database answers and its schema is current."""
     try:
@@ -77,31 +87,31 @@ def create_study(ctx: ContextDep, spec: Annotated[StudySpec, Body()]) -> dict[st
 
 
 @studies_router.get("")
-def list_studies(ctx: ContextDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> dict[str, Any]:
+def list_studies(ctx: ContextDep, rows: Annotated[Page, page(50)]) -> dict[str, Any]:
     """Studies, newest first: ``{data, count, offset, limit}``."""
-    return studies.list_studies(ctx, offset, limit)
+    return studies.list_studies(ctx, rows.offset, rows.limit)
 
 
 @studies_router.get("/{study_id}")
-def get_study(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+def get_study(ctx: ContextDep, study_id: StudyIdPath) -> dict[str, Any]:
     """Status, spec, trial counts by state, progress, best trial, timestamps."""
     return studies.get_study(ctx, study_id)
 
 
 @studies_router.post("/{study_id}/stop")
-def stop_study(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+def stop_study(ctx: ContextDep, study_id: StudyIdPath) -> dict[str, Any]:
     """No new trials; running ones stop at their next epoch."""
     return studies.stop_study(ctx, study_id)
 
 
 @studies_router.post("/{study_id}/resume")
-def resume_study(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+def resume_study(ctx: ContextDep, study_id: StudyIdPath) -> dict[str, Any]:
     """Run a stopped study toward the rest of its budget."""
     return studies.resume_study(ctx, study_id)
 
 
 @studies_router.delete("/{study_id}", status_code=204)
-def delete_study(ctx: ContextDep, study_id: int) -> Response:
+def delete_study(ctx: ContextDep, study_id: StudyIdPath) -> Response:
     """Delete the study and all its trials."""
     studies.delete_study(ctx, study_id)
     return Response(status_code=204)
@@ -110,27 +120,29 @@ def delete_study(ctx: ContextDep, study_id: int) -> Response:
 @studies_router.get("/{study_id}/trials")
 def list_trials(
     ctx: ContextDep,
-    study_id: int,
+    study_id: StudyIdPath,
+    rows: Annotated[Page, page(100)],
     state: TrialStateFilter | None = None,
     after: Annotated[
         int | None,
         Query(
             ge=0,
+            le=2**62,
             description="only trials changed since this cursor (the previous answer's `cursor`)",
         ),
     ] = None,
-    offset: OffsetDep = 0,
-    limit: LimitDep = 100,
     sort: TrialSort = "number",
     descending: bool = False,
 ) -> dict[str, Any]:
     """A page of trials, sorted (by number unless told): ``{data, count, offset, limit,
     cursor}``."""
-    return studies.list_trials(ctx, study_id, state, after, offset, limit, sort, descending)
+    return studies.list_trials(
+        ctx, study_id, state, after, rows.offset, rows.limit, sort, descending
+    )
 
 
 @studies_router.get("/{study_id}/trials.csv")
-def trials_csv(ctx: ContextDep, study_id: int) -> StreamingResponse:
+def trials_csv(ctx: ContextDep, study_id: StudyIdPath) -> StreamingResponse:
     """Every trial as CSV."""
     rows = studies.trials_csv(ctx, study_id)
     return StreamingResponse(
@@ -141,7 +153,7 @@ def trials_csv(ctx: ContextDep, study_id: int) -> StreamingResponse:
 
 
 @studies_router.get("/{study_id}/trials/{number}")
-def get_trial(ctx: ContextDep, study_id: int, number: int) -> dict[str, Any]:
+def get_trial(ctx: ContextDep, study_id: StudyIdPath, number: TrialNumberPath) -> dict[str, Any]:
     """One trial: params, state, reason, per-epoch metrics, worker, duration."""
     return studies.get_trial(ctx, study_id, number)
 
@@ -193,18 +205,29 @@ async def upload_dataset(request: Request, ctx: ContextDep) -> JSONResponse:
         upload = await receive_upload(
             request, datasets.incoming_dir(ctx), ctx.settings.max_upload_bytes
         )
-    except ClientDisconnect:  # nobody is left to answer; the partial file is gone already
-        log.info("upload abandoned by the client")
-        return JSONResponse({"detail": "upload abandoned"}, status_code=400)
+    except ClientDisconnect:  # the partial file is gone already
+        stalled = request.scope.get("state", {}).get("body_stalled")
+        if stalled is not None:
+            log.warning("upload stalled: dropped", extra={"seconds": stalled})
+            reason = (
+                f"no data for {stalled:g} s (HPSEARCH_REQUEST_BODY_SECONDS); nothing was stored"
+            )
+            return JSONResponse(
+                {"detail": f"file: {reason}", "errors": [{"field": "file", "reason": reason}]},
+                status_code=408,
+                headers={"Connection": "close"},
+            )
+        log.info("upload abandoned by the client")  # nobody is left to answer
+        return JSONResponse({"detail": "upload abandoned", "errors": []}, status_code=400)
     dataset, created = await run_in_threadpool(datasets.store_upload, ctx, upload)
     return JSONResponse(dataset, status_code=201 if created else 200)
 
 
 @datasets_router.get("")
-def list_datasets(ctx: ContextDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> dict[str, Any]:
+def list_datasets(ctx: ContextDep, rows: Annotated[Page, page(50)]) -> dict[str, Any]:
     """Uploaded datasets, newest first: ``{data, count, offset, limit, max_upload_bytes}``."""
     return {
-        **datasets.list_datasets(ctx, offset, limit),
+        **datasets.list_datasets(ctx, rows.offset, rows.limit),
         "max_upload_bytes": ctx.settings.max_upload_bytes,
     }
 
@@ -222,7 +245,7 @@ def delete_dataset(ctx: ContextDep, dataset_id: DatasetIdPath) -> Response:
     return Response(status_code=204)
 
 
-@datasets_router.get(
+@dataset_content_router.get(
     "/{dataset_id}/content",
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}, "text/csv": {}}}},
@@ -261,19 +284,19 @@ def ask(ctx: ContextDep, request: AskRequest) -> Any:
 
 
 @workers_router.post("/trials/{trial_id}/report")
-def report(ctx: ContextDep, trial_id: int, body: EpochReport) -> ReportAnswer:
+def report(ctx: ContextDep, trial_id: TrialIdPath, body: EpochReport) -> ReportAnswer:
     """One finished epoch; the answer says whether to stop (pruned)."""
     return scheduling.record_report(ctx, trial_id, body)
 
 
 @workers_router.post("/trials/{trial_id}/heartbeat")
-def heartbeat(ctx: ContextDep, trial_id: int, body: Heartbeat) -> HeartbeatAnswer:
+def heartbeat(ctx: ContextDep, trial_id: TrialIdPath, body: Heartbeat) -> HeartbeatAnswer:
     """Keep the trial's lease while it trains."""
     return scheduling.heartbeat(ctx, trial_id, body)
 
 
 @workers_router.post("/trials/{trial_id}/tell")
-def tell(ctx: ContextDep, trial_id: int, body: TellRequest) -> dict[str, Any]:
+def tell(ctx: ContextDep, trial_id: TrialIdPath, body: TellRequest) -> dict[str, Any]:
     """The trial's result; 409 once it is finished."""
     trial = scheduling.record_result(ctx, trial_id, body)
     return {
@@ -288,14 +311,14 @@ def tell(ctx: ContextDep, trial_id: int, body: TellRequest) -> dict[str, Any]:
 
 
 @analysis_router.get("/{study_id}/analysis")
-def study_analysis(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+def study_analysis(ctx: ContextDep, study_id: StudyIdPath) -> dict[str, Any]:
     """Every trial's number, state, value and searched params as columns, and the per-epoch
     objective of the best and newest trials (at most 300 curves)."""
     return analysis.study_analysis(ctx, study_id)
 
 
 @analysis_router.get("/{study_id}/importance")
-def param_importance(ctx: ContextDep, study_id: int) -> dict[str, Any]:
+def param_importance(ctx: ContextDep, study_id: StudyIdPath) -> dict[str, Any]:
     """Each searched parameter's importance, once 5 trials completed."""
     return analysis.param_importance(ctx, study_id)
 

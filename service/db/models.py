@@ -148,3 +148,22 @@ class Worker(Base):
     first_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     trials_finished: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ApiToken(Base):
+    """An API token. Only its SHA-256 is kept: the secret is shown once, when it is created.
+    Tokens are 256-bit random strings, so a plain hash is enough (no salt or slow hash: nothing
+    could be guessed by trying)."""
+
+    __tablename__ = "hps_tokens"
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(8))  # "user" or "worker"
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The token's first characters, so that a listing can tell tokens apart.
+    hint: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)

@@ -1,5 +1,7 @@
 // hpsearch dashboard: a single page over the REST API (no other data source). Routes:
 // #/ (studies), #/new (launch form), #/studies/ID (one study, updated live by polling).
+// With HPSEARCH_AUTH=on the page asks for a user token once; the service keeps it in an
+// HttpOnly cookie (this script never stores it).
 "use strict";
 
 const API = "/api/v1";
@@ -83,6 +85,52 @@ function plot(id, traces, layout) {
 
 // -- router -------------------------------------------------------------------------------------
 
+// -- sign in (HPSEARCH_AUTH=on) -------------------------------------------------------------------
+
+async function refreshSession() {
+  const session = await api("/session");
+  const out = $("#sign-out");
+  out.hidden = !session.signed_in;
+  out.title = session.token ? `signed in as ${session.token.name}` : "";
+  return session;
+}
+
+function renderSignIn(message = "") {
+  stopPolling();
+  stopPolling = () => {};
+  view().innerHTML = `<h1>Sign in</h1>
+    <div class="card"><form id="sign-in">
+      <p class="muted">This service asks for a user token. Make one where it runs:
+        <code>hpsearch token create YOUR-NAME</code></p>
+      <label>Token <input id="token" type="password" autocomplete="off" required></label>
+      <div class="toolbar"><button class="primary" type="submit">Sign in</button></div>
+      <p class="errors" id="sign-in-error">${esc(message)}</p>
+    </form></div>`;
+  $("#token").focus();
+  $("#sign-in").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await fetch(`${API}/session`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: $("#token").value.trim() }) });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      $("#sign-in-error").textContent = body?.detail || `HTTP ${response.status}`;
+      return;
+    }
+    await refreshSession();
+    route();
+  });
+}
+
+async function signOut(event) {
+  event.preventDefault();
+  await fetch(`${API}/session`, { method: "DELETE" });
+  await refreshSession();
+  renderSignIn("Signed out.");
+}
+
+// -- routing --------------------------------------------------------------------------------------
+
 async function route() {
   stopPolling();
   stopPolling = () => {};
@@ -93,17 +141,25 @@ async function route() {
     else if (study) await renderStudy(Number(study[1]));
     else await renderList(Number(new URLSearchParams(hash.split("?")[1]).get("page") || 0));
   } catch (error) {
-    view().innerHTML = `<p class="errors">Could not load this page: ${esc(error.message)}</p>`;
+    if (error.status === 401) renderSignIn();
+    else view().innerHTML = `<p class="errors">Could not load this page: ${esc(error.message)}</p>`;
   }
 }
 window.addEventListener("hashchange", route);
-window.addEventListener("DOMContentLoaded", route);
+window.addEventListener("DOMContentLoaded", async () => {
+  $("#sign-out").addEventListener("click", signOut);
+  try { await refreshSession(); } catch (error) { console.warn("session:", error.message); }
+  route();
+});
 
 function every(ms, fn) {
   let timer = null, stopped = false;
   const tick = async () => {
     if (stopped) return;
-    try { await fn(); } catch (error) { console.warn("refresh failed:", error.message); }
+    try { await fn(); } catch (error) {
+      if (error.status === 401) { stopped = true; renderSignIn("The session ended: sign in again."); return; }
+      console.warn("refresh failed:", error.message);
+    }
     if (!stopped) timer = setTimeout(tick, ms);
   };
   timer = setTimeout(tick, ms);
@@ -247,6 +303,7 @@ async function uploadDataset() {
   const response = await fetch(`${API}/datasets`, { method: "POST", body: form });
   const body = await response.json().catch(() => null);
   status.textContent = "";
+  if (response.status === 401) { renderSignIn("The session ended: sign in again."); return; }
   if (!response.ok) {
     errors.textContent = body?.errors?.length
       ? body.errors.map((e) => `${e.field}: ${e.reason}`).join("\n")
