@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -140,10 +141,17 @@ class Api:
     log: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    # With HPSEARCH_AUTH=on: a user token, sent by ``http``.
+    token: str | None = None
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.url, timeout=30, headers=headers)
+
+    def create_token(self, name: str, kind: str = "user", *extra: str) -> str:
+        """``hpsearch token create`` on this API's database: the new token."""
+        return hpsearch_cli(self.env, "token", "create", name, "--kind", kind, *extra).strip()
 
     @property
     def data_dir(self) -> Path:
@@ -174,7 +182,7 @@ class Api:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"API exited: {self.log.read_text()[-3000:]}"
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if self.http.get("/readyz", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -195,6 +203,19 @@ class Api:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def hpsearch_cli(env: dict[str, str], *args: str) -> str:
+    """Run ``hpsearch ARGS`` with ``env``; its stdout (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hpsearch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, f"hpsearch {' '.join(args)}: {done.stderr}"
+    return done.stdout
 
 
 def service_env(database_url: str, **overrides: str) -> dict[str, str]:
@@ -236,15 +257,23 @@ def make_api(tmp_path: Path) -> Iterator[Any]:
     made: list[tuple[Api, Any]] = []
 
     def make(backend: str, **env: str) -> Api:
+        """With ``HPSEARCH_AUTH="on"``, a user token ``admin`` is made first (``api.token``)."""
         url, drop = make_database(backend, tmp_path / backend)
         (tmp_path / backend).mkdir(exist_ok=True)
         port = free_port()
+        full_env = service_env(
+            url, **{"HPSEARCH_DATA_DIR": str(tmp_path / backend / "data"), **env}
+        )
+        token = None
+        if env.get("HPSEARCH_AUTH") == "on":
+            token = hpsearch_cli(full_env, "token", "create", "admin").strip()
         server = Api(
             f"http://127.0.0.1:{port}",
             url,
-            service_env(url, **{"HPSEARCH_DATA_DIR": str(tmp_path / backend / "data"), **env}),
+            full_env,
             tmp_path / f"api-{backend}.log",
             port,
+            token=token,
         )
         server.start()
         made.append((server, drop))
@@ -396,3 +425,27 @@ def spec(name: str, **overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+def query(api: Api, sql: str) -> list[dict[str, Any]]:
+    """Rows of ``sql`` on the API's database, read directly (not through the API)."""
+    if api.database_url.startswith("sqlite"):
+        with sqlite3.connect(api.database_url.removeprefix("sqlite:///")) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute(sql)]
+    dsn = api.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql)  # type: ignore[call-overload]
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def execute(api: Api, sql: str) -> None:
+    """Run ``sql`` on the API's database directly."""
+    if api.database_url.startswith("sqlite"):
+        with sqlite3.connect(api.database_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(sql)
+        return
+    dsn = api.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[call-overload]

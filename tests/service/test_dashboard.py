@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.service.conftest import wait_for
+from tests.service.conftest import spec, wait_for
 
 CHROMIUM = os.environ.get("HPSEARCH_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(
@@ -240,4 +240,59 @@ def test_upload_a_dataset_in_the_form_and_launch_a_study_on_it(make_api, browser
     shown = api.http.get(f"/api/v1/datasets/{ident}").json()["studies"]
     assert [s["name"] for s in shown] == ["on-pets"]
     assert tab.errors == []
+    tab.close()
+
+
+def test_with_auth_on_the_dashboard_asks_for_a_user_token(make_api, browser) -> None:
+    api = make_api("sqlite", HPSEARCH_AUTH="on")
+    study = api.http.post("/api/v1/studies", json=spec("signed-in-study", n_trials=2)).json()
+    worker_token = api.create_token("box", "worker")
+    tab = Tab(browser)
+    page = tab.page
+    tab.expect_console_error("status of 401")  # the page's first call, before signing in
+    response = page.goto(f"{api.url}/")
+    assert response is not None
+    headers = response.headers
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    page.wait_for_selector("#sign-in")
+    assert page.is_hidden("#sign-out")
+    tab.shot("10-sign-in")
+
+    # A worker token, then a wrong one: each says why, next to the form.
+    for token, reason, status in (
+        (worker_token, "needs a user token", "403"),
+        ("hpsu_wrong", "unknown, revoked or expired", "401"),
+    ):
+        tab.expect_console_error(f"status of {status}")
+        page.fill("#token", token)
+        page.click("#sign-in button[type=submit]")
+        wait_for(lambda r=reason: r in page.inner_text("#sign-in-error"), 10, reason)
+
+    page.fill("#token", api.token or "")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector(f"text={study['name']}")
+    assert page.is_visible("#sign-out")
+    # The token lives in an HttpOnly cookie: the page's scripts cannot read it.
+    (cookie,) = tab.context.cookies()
+    assert cookie["name"] == "hpsearch_session" and cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
+    assert api.token not in page.evaluate("document.cookie + JSON.stringify(localStorage)")
+    tab.shot("11-signed-in")
+
+    # The cookie also opens the links a browser follows by itself: the CSV and the API docs.
+    page.goto(f"{api.url}/#/studies/{study['id']}")
+    page.wait_for_selector("#csv")
+    with page.expect_download() as download:
+        page.click("#csv")
+    assert Path(download.value.path()).read_text().startswith("number,state,val_accuracy")
+    assert tab.context.request.get(f"{api.url}/openapi.json").status == 200
+
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in")
+    assert "Signed out" in page.inner_text("#sign-in-error")
+    assert tab.context.request.get(f"{api.url}/api/v1/studies").status == 401
+    assert not tab.errors, tab.errors
     tab.close()
