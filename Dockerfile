@@ -35,7 +35,8 @@ USER hpsearch
 ENV HPSEARCH_LOG_FORMAT=json \
     HPSEARCH_DATA_DIR=/data
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "service.api.app:app_factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+# `serve` with no local workers: it refuses a network address while HPSEARCH_AUTH is off.
+CMD ["hpsearch", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]
 
 FROM base AS worker
 ARG TENSORFLOW=""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -59,6 +60,13 @@ class Deployment:
     env: dict[str, str]
     env_file: Path
     url: str
+    # A user token, made in the API's container once the stack is up (auth is on by default).
+    token: str = ""
+
+    def http(self) -> httpx.Client:
+        """A client of the published API with the user token."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         command = [*self.compose, "-p", self.project, "-f", str(ROOT / "docker-compose.yml")]
@@ -162,6 +170,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "HPSEARCH_WORKERS": "2",
         "HPSEARCH_WORKER_THREADS": "1",  # two workers on a 2-core machine
         "HPSEARCH_LOG_LEVEL": "INFO",
+        "HPSEARCH_WORKER_TOKEN": "hpsw_" + secrets.token_urlsafe(32),
     }
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
@@ -183,7 +192,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 def launch(deployment: Deployment, name: str, n_trials: int) -> tuple[httpx.Client, int]:
     spec = json.loads(EXAMPLE.read_text())
     spec.update(name=name, n_trials=n_trials, pruner={"type": "none"})
-    http = httpx.Client(base_url=deployment.url, timeout=30)
+    http = deployment.http()
     created = http.post("/api/v1/studies", json=spec)
     assert created.status_code == 201, created.text
     return http, int(created.json()["id"])
@@ -240,9 +249,12 @@ def test_1_images_build_and_the_stack_comes_up_with_two_workers(deployment: Depl
     deployment.run("build", "api", "worker", timeout=1200)
     deployment.run("up", "-d", timeout=300)
 
+    probe = {"Authorization": f"Bearer {deployment.env['HPSEARCH_WORKER_TOKEN']}"}
+
     def ready() -> bool:
         try:
-            return httpx.get(f"{deployment.url}/readyz", timeout=3).status_code == 200
+            answer = httpx.get(f"{deployment.url}/readyz", headers=probe, timeout=3)
+            return answer.status_code == 200
         except httpx.TransportError:
             return False
 
@@ -250,6 +262,14 @@ def test_1_images_build_and_the_stack_comes_up_with_two_workers(deployment: Depl
         wait_for(ready, 180, "the API to be ready on its published port", 1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{deployment.logs()}") from None
+    # Auth is on by default: nothing answers without a token; an admin makes one in the API's
+    # container, as the README says.
+    assert httpx.get(f"{deployment.url}/api/v1/studies").status_code == 401
+    made = deployment.run("run", "--rm", "-T", "api", "hpsearch", "token", "create", "tester")
+    found = re.search(r"hpsu_[A-Za-z0-9_-]{43}", made)  # the engine may print more around it
+    assert found, made
+    deployment.token = found.group(0)
+    assert deployment.http().get("/api/v1/studies").status_code == 200
     assert len(deployment.containers("worker")) == 2
     # The images: non-root, no secret in either.
     for image in ("hpsearch-api:test", "hpsearch-worker:test"):
@@ -328,7 +348,7 @@ def test_4b_a_study_on_an_uploaded_dataset_downloads_it_once_per_host(
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     np.savez(buffer, x_train=rng.normal(size=(300, 8)), y_train=rng.integers(0, 3, 300))
-    http = httpx.Client(base_url=deployment.url, timeout=30)
+    http = deployment.http()
     uploaded = http.post("/api/v1/datasets", files={"file": ("blobs.npz", buffer.getvalue())})
     assert uploaded.status_code == 201, uploaded.text
     d = uploaded.json()

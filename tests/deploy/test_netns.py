@@ -29,7 +29,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.service.conftest import spec, wait_for
+from tests.service.conftest import hpsearch_cli, spec, wait_for
 
 REQUIRED = os.environ.get("HPSEARCH_TEST_NETNS") == "required"
 HOSTS = ("db", "api", "w1", "w2")
@@ -187,16 +187,25 @@ def test_a_worker_cut_off_mid_trial_is_recovered_by_lease(network: Network, tmp_
         sys.executable, "-m", "uvicorn", "service.api.app:app_factory", "--factory",
         "--host", net.address("api"), "--port", "8000", "--log-level", "warning",
     ]  # fmt: skip
+    # Machines on a network: auth on, one worker token for the workers, a user token for us.
+    worker_token = "hpsw_" + secrets.token_urlsafe(32)
+    user_token = hpsearch_cli(
+        {**os.environ, "HPSEARCH_DATABASE_URL": database_url}, "token", "create", "netns"
+    ).strip()
     net.start(
         "api",
         api,
         tmp_path / "api.log",
+        HPSEARCH_AUTH="on",
+        HPSEARCH_WORKER_TOKEN=worker_token,
         HPSEARCH_DATABASE_URL=database_url,
         HPSEARCH_LEASE_SECONDS="5",
         HPSEARCH_REAPER_SECONDS="0.5",
         HPSEARCH_LOG_FORMAT="text",
     )
-    http = httpx.Client(base_url=api_url, timeout=10)
+    http = httpx.Client(
+        base_url=api_url, timeout=10, headers={"Authorization": f"Bearer {user_token}"}
+    )
 
     def ready() -> bool:
         try:
@@ -215,6 +224,7 @@ def test_a_worker_cut_off_mid_trial_is_recovered_by_lease(network: Network, tmp_
             worker,
             tmp_path / f"{host}.log",
             HPSEARCH_LOG_FORMAT="text",
+            HPSEARCH_TOKEN=worker_token,
         )
     body = spec(
         "netns",
