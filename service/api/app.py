@@ -17,7 +17,7 @@ from hpsearch import __version__
 from hpsearch.logs import configure_logging
 from service import analysis, auth, datasets
 from service.api.auth import USER, USER_OR_WORKER, WORKER, session_router
-from service.api.errors import install_error_handlers
+from service.api.errors import ERROR_RESPONSES, install_error_handlers
 from service.api.middleware import BodyLimit, Lanes, LoopbackGuard, SecurityHeaders
 from service.api.routes import (
     analysis_router,
@@ -109,13 +109,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = ctx
     install_error_handlers(app)
     app.include_router(health)
-    app.include_router(session_router)
-    app.include_router(studies_router, dependencies=[USER])
-    app.include_router(workers_router, dependencies=[WORKER])
-    app.include_router(analysis_router, dependencies=[USER])
-    app.include_router(datasets_router, dependencies=[USER])
-    app.include_router(dataset_content_router, dependencies=[USER_OR_WORKER])
-    app.include_router(probes_router, dependencies=[USER_OR_WORKER])
+    app.include_router(session_router, responses=ERROR_RESPONSES)
+    for router, who in (
+        (studies_router, USER),
+        (workers_router, WORKER),
+        (analysis_router, USER),
+        (datasets_router, USER),
+        (dataset_content_router, USER_OR_WORKER),
+        (probes_router, USER_OR_WORKER),
+    ):
+        app.include_router(router, dependencies=[who], responses=ERROR_RESPONSES)
     app.include_router(dashboard_router)
     _add_docs(app)
 

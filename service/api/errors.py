@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 from sqlalchemy.exc import DBAPIError
 
 from service.api.auth import AuthError
@@ -23,6 +25,34 @@ log = logging.getLogger(__name__)
 DATABASE_RETRY_AFTER_SECONDS = 1
 
 _UNION_TAGS = {"float", "int", "categorical", "function-after[_one_source()]"}
+
+
+class FieldProblem(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: what went wrong, and each field at fault with its reason."""
+
+    detail: str
+    errors: list[FieldProblem]
+
+
+# Documented on every route, so that clients (and the schema fuzzer) know each refusal's shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (401, "no valid token (HPSEARCH_AUTH=on)"),
+        (403, "a token of the wrong kind, or a request from another site"),
+        (404, "no such study, trial or dataset"),
+        (408, "the request body did not arrive in time"),
+        (409, "the resource's state forbids it, or a configured maximum is reached"),
+        (413, "the request body passes its size limit"),
+        (422, "invalid input: each field at fault, with its reason"),
+        (503, "the database is unavailable: retry after Retry-After"),
+    )
+}
 
 
 def _body(detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -47,6 +77,20 @@ def _human(n: int) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping on ``app``."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI answers a body it cannot parse with a bare 400: it is invalid input like any
+        # other, so it gets the 422 and the field-by-field shape of every refusal.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            reason = "not valid JSON (or not UTF-8)"
+            return JSONResponse(
+                status_code=422,
+                content=_body(f"(body): {reason}", [{"field": "(body)", "reason": reason}]),
+            )
+        return JSONResponse(
+            status_code=exc.status_code, content=_body(str(exc.detail)), headers=exc.headers
+        )
 
     @app.exception_handler(AuthError)
     async def unauthorized(request: Request, exc: AuthError) -> JSONResponse:

@@ -64,7 +64,8 @@ def readyz(ctx: ContextDep) -> JSONResponse:
         current, head = current_revision(ctx.engine), head_revision()
     except Exception as exc:  # any database failure means not ready
         return JSONResponse(
-            status_code=503, content={"status": "unavailable", "detail": f"database: {exc}"}
+            status_code=503,
+            content={"status": "unavailable", "detail": f"database: {exc}", "errors": []},
         )
     if current != head:
         return JSONResponse(
@@ -72,6 +73,7 @@ def readyz(ctx: ContextDep) -> JSONResponse:
             content={
                 "status": "unavailable",
                 "detail": f"schema at {current}, expected {head}: run `hpsearch migrate`",
+                "errors": [],
             },
         )
     return JSONResponse({"status": "ready"})
