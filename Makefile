@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install browser run test lint typecheck unit bench bench-quick clean
+.PHONY: install browser run test lint typecheck unit fuzz bench bench-quick clean
 CHROMIUM ?= /usr/bin/chromium
 
 $(STAMP): pyproject.toml
@@ -45,6 +45,11 @@ typecheck: $(STAMP)
 
 unit: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## fuzz: the schema fuzzer and the spec's property tests at ten times CI's examples, random seed
+fuzz: $(STAMP)
+	HPSEARCH_FUZZ_EXAMPLES=200 HPSEARCH_FUZZ_SEED= HPSEARCH_PROPERTY_EXAMPLES=400 \
+	  $(BIN)/pytest -s tests/service/test_fuzz.py tests/service/test_spec_properties.py
 
 ## bench: the benchmark suite, one table per benchmark (about an hour on 2 cores); one of them
 ## alone: `make bench BENCH=coordination`

@@ -189,7 +189,8 @@ def parse_study_spec(raw: Any, max_trials: int, max_epochs: int) -> StudySpec:
             errors.append(
                 FieldError(
                     "dataset.path",
-                    "files are not read by path through the API: name a built-in dataset",
+                    "files are not read by path through the API: name a built-in dataset, "
+                    "or upload the file and give its id",
                 )
             )
     except InvalidSpecError as exc:
@@ -220,7 +221,9 @@ def _check_sections(spec: StudySpec) -> list[FieldError]:
         except InvalidSpecError as exc:
             for e in exc.errors:
                 head = e.field.split(".")[0]
-                section = "model" if head in MODEL_PARAMS else "training"
+                if head not in PARAMETER_NAMES:
+                    continue  # an unknown name: reported above, in the section it was given
+                section = "model" if head in spec.model else "training"
                 errors.append(FieldError(f"{section}.{e.field}", e.reason))
     return errors
 
@@ -322,26 +325,32 @@ def _check_combinations(spec: StudySpec) -> list[FieldError]:
     return errors
 
 
-def check_model_size(
+def check_for_dataset(
     spec: StudySpec, input_shape: tuple[int, ...], n_classes: int, max_weights: int
 ) -> list[FieldError]:
-    """The largest model any corner of the space builds must have at most ``max_weights``
-    weights: a model that cannot fit is refused here, not by every trial running out of
-    memory."""
+    """What only the dataset's shape can tell: a cnn needs image-shaped examples, and the
+    largest model any corner of the space builds must have at most ``max_weights`` weights (a
+    model that cannot fit is refused here, not by every trial running out of memory)."""
     base = dict(spec.fixed_params)
-    largest, where = 0, "model.hidden_units"
     for name, param in spec.space.items():
-        values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
-        base.setdefault(name, values[0])
+        base.setdefault(name, _corner_values(param)[0])
     corners = [
-        {name: value}
-        for name, param in spec.space.items()
-        for value in (param.choices if isinstance(param, Categorical) else [param.low, param.high])
+        {name: value} for name, param in spec.space.items() for value in _corner_values(param)
     ]
+    largest, where = 0, "model.hidden_units"
     for corner in corners or [{}]:
         params = validate_params({**base, **corner})
         if params.architecture == "cnn" and len(input_shape) not in (2, 3):
-            continue  # the trainer refuses it with its own reason
+            field = (
+                "search_space.architecture" if "architecture" in corner else "model.architecture"
+            )
+            return [
+                FieldError(
+                    field,
+                    f"'cnn' needs image-shaped examples (height, width[, channels]); this "
+                    f"dataset's examples have shape {input_shape}: use 'mlp'",
+                )
+            ]
         weights = count_weights(params, input_shape, n_classes)
         if weights > largest:
             largest = weights
@@ -356,6 +365,10 @@ def check_model_size(
             f"{max_weights:,} (HPSEARCH_MAX_MODEL_PARAMS): use fewer or smaller layers",
         )
     ]
+
+
+def _corner_values(param: SearchParam) -> list[Any]:
+    return list(param.choices) if isinstance(param, Categorical) else [param.low, param.high]
 
 
 def _where(field: str, space: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from service.errors import (
     NotFoundError,
 )
 from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
-from service.spec import StudySpec, check_model_size, parse_study_spec
+from service.spec import StudySpec, check_for_dataset, parse_study_spec
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
         )
     shape = _dataset_shape(ctx, spec)
     if shape is not None:
-        errors = check_model_size(spec, *shape, ctx.settings.max_model_params)
+        errors = check_for_dataset(spec, *shape, ctx.settings.max_model_params)
         if errors:
             raise InvalidSpecError(errors)
     _check_active_limit(ctx)

@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
 
 from service.api.auth import AuthError
 from service.db.session import database_unavailable

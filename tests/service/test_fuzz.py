@@ -78,9 +78,7 @@ def test_no_5xx_and_every_answer_matches_the_schema(fuzzed_api: Api, tmp_path: P
     users, _ = schemathesis(
         schema, fuzzed_api, fuzzed_api.token or "", "--exclude-path-regex", WORKER_PROTOCOL
     )
-    workers, _ = schemathesis(
-        schema, fuzzed_api, worker, "--include-path-regex", WORKER_PROTOCOL
-    )
+    workers, _ = schemathesis(schema, fuzzed_api, worker, "--include-path-regex", WORKER_PROTOCOL)
     print(f"\nfuzzed {users + workers} requests ({users} user, {workers} worker protocol)")
     assert users >= 20 * (operations - 4) and workers >= 20 * 4
     log = fuzzed_api.log.read_text()
