@@ -321,7 +321,7 @@ def _check_combinations(spec: StudySpec) -> list[FieldError]:
                     continue
                 seen.add(e.field)
                 hint = "" if e.field in space else " (fix it in model/training or search it)"
-                errors.append(FieldError(_where(e.field, space), e.reason + hint))
+                errors.append(FieldError(_where(e.field, spec), e.reason + hint))
     return errors
 
 
@@ -371,8 +371,12 @@ def _corner_values(param: SearchParam) -> list[Any]:
     return list(param.choices) if isinstance(param, Categorical) else [param.low, param.high]
 
 
-def _where(field: str, space: dict[str, Any]) -> str:
+def _where(field: str, spec: StudySpec) -> str:
+    """Where the user wrote (or should write) the parameter behind ``field``: the section that
+    fixes it, else the search space they gave, else the section it belongs in."""
     head = field.split(".", maxsplit=1)[0]
-    if head in space:
+    if head in spec.model or head in spec.training:
+        return f"{'model' if head in spec.model else 'training'}.{field}"
+    if spec.search_space is not None and head in spec.search_space:
         return f"search_space.{field}"
     return f"{'model' if head in MODEL_PARAMS else 'training'}.{field}"
