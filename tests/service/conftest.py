@@ -237,6 +237,18 @@ def service_env(database_url: str, **overrides: str) -> dict[str, str]:
     return env
 
 
+def start_secured_api(backend: str, tmp: Path, name: str = "admin") -> tuple[Api, Any]:
+    """An API with HPSEARCH_AUTH=on on a fresh database, and a user token ``name`` made before
+    it started (``api.token``): (the API, a function that drops its database)."""
+    url, drop = make_database(backend, tmp)
+    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"), HPSEARCH_AUTH="on")
+    token = hpsearch_cli(env, "token", "create", name).strip()
+    port = free_port()
+    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port, token=token)
+    server.start()
+    return server, drop
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One API process on a fresh database, for the whole module, on each backend."""

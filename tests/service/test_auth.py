@@ -21,10 +21,10 @@ from tests.service.conftest import (
     execute,
     free_port,
     hpsearch_cli,
-    make_database,
     query,
     service_env,
     spec,
+    start_secured_api,
     wait_for,
     wait_until_done,
 )
@@ -45,13 +45,7 @@ OPEN_ROUTES = {"/healthz", "/api/v1/session"}
 @pytest.fixture(scope="module", params=BACKENDS)
 def secured(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[Api]:
     """An API with auth on, a user token (``api.token``) made before it started."""
-    tmp = tmp_path_factory.mktemp(f"auth-{request.param}")
-    url, drop = make_database(request.param, tmp)
-    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"), HPSEARCH_AUTH="on")
-    token = hpsearch_cli(env, "token", "create", "admin").strip()
-    port = free_port()
-    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port, token=token)
-    server.start()
+    server, drop = start_secured_api(request.param, tmp_path_factory.mktemp("auth"))
     yield server
     server.stop()
     drop()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import Api, free_port, hpsearch_cli, make_database, service_env
+from tests.service.conftest import Api, start_secured_api
 
 EXAMPLES = os.environ.get("HPSEARCH_FUZZ_EXAMPLES", "20")
 SEED = os.environ.get("HPSEARCH_FUZZ_SEED", "1")
@@ -30,13 +30,7 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance," 
 
 @pytest.fixture(scope="module")
 def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    url, drop = make_database("postgresql", tmp)
-    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"), HPSEARCH_AUTH="on")
-    token = hpsearch_cli(env, "token", "create", "fuzzer").strip()
-    port = free_port()
-    api = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port, token=token)
-    api.start()
+    api, drop = start_secured_api("postgresql", tmp_path_factory.mktemp("fuzz"), "fuzzer")
     yield api
     api.stop()
     drop()
