@@ -125,8 +125,8 @@ function renderSignIn(message = "") {
 async function signOut(event) {
   event.preventDefault();
   await fetch(`${API}/session`, { method: "DELETE" });
-  await refreshSession();
-  renderSignIn("Signed out.");
+  // A fresh page: nothing the previous one was still loading can draw over the form.
+  location.replace("/?signed-out");
 }
 
 // -- routing --------------------------------------------------------------------------------------
@@ -148,8 +148,13 @@ async function route() {
 window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", async () => {
   $("#sign-out").addEventListener("click", signOut);
-  try { await refreshSession(); } catch (error) { console.warn("session:", error.message); }
-  route();
+  let session = null;
+  try { session = await refreshSession(); } catch (error) { console.warn("session:", error.message); }
+  if (session?.auth && !session.signed_in) {
+    renderSignIn(new URLSearchParams(location.search).has("signed-out") ? "Signed out." : "");
+  } else {
+    route();
+  }
 });
 
 function every(ms, fn) {
