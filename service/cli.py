@@ -6,12 +6,14 @@ only one half is installed. ``study`` and ``dataset`` commands talk to a running
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,17 +223,9 @@ def _local_worker_token(settings: Any) -> str:
     """A worker token for ``serve``'s own workers, made afresh at every start (the previous
     one is revoked): its secret never leaves this process and its children."""
     from service import auth
-    from service.context import ServiceContext
-    from service.db.migrate import upgrade
-    from service.db.session import wait_for_database
 
-    ctx = ServiceContext.from_settings(settings)
-    try:
-        wait_for_database(ctx.engine, settings.database_wait_seconds)
-        upgrade(ctx.engine)
+    with _database(settings) as ctx:
         return auth.replace_token(ctx, "worker", "hpsearch serve: local workers")
-    finally:
-        ctx.engine.dispose()
 
 
 def _terminate_with_parent() -> None:
@@ -264,18 +258,38 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_context() -> Any:
-    """The service's database, migrated, for the token commands."""
+@contextlib.contextmanager
+def _database(settings: Any = None) -> Iterator[Any]:
+    """The service's database (``settings``, default from the environment), waited for and
+    migrated; its engine is disposed afterwards."""
     from service.config import Settings
     from service.context import ServiceContext
     from service.db.migrate import upgrade
     from service.db.session import wait_for_database
 
-    settings = Settings()
+    settings = settings or Settings()
     ctx = ServiceContext.from_settings(settings)
-    wait_for_database(ctx.engine, settings.database_wait_seconds)
-    upgrade(ctx.engine)
-    return ctx
+    try:
+        wait_for_database(ctx.engine, settings.database_wait_seconds)
+        upgrade(ctx.engine)
+        yield ctx
+    finally:
+        ctx.engine.dispose()
+
+
+def _print_table(
+    title: str, headers: Sequence[str], rows: Iterable[Sequence[str]], no_wrap: Sequence[str] = ()
+) -> None:
+    """A rich table of ``rows``; the ``no_wrap`` columns never wrap their cells."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, no_wrap=header in no_wrap)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def run_token_create(args: argparse.Namespace) -> int:
@@ -290,11 +304,8 @@ def run_token_create(args: argparse.Namespace) -> int:
     if not 1 <= len(args.name) <= 200:
         print("error: name: 1 to 200 characters", file=sys.stderr)
         return 2
-    ctx = _token_context()
-    try:
+    with _database() as ctx:
         row, secret = auth.create_token(ctx, args.kind, args.name, expires_in)
-    finally:
-        ctx.engine.dispose()
     print(
         f"{row['kind']} token {row['id']} ({row['name']})"
         + (f", expires {row['expires_at'][:19]}" if row["expires_at"] else "")
@@ -309,33 +320,30 @@ def run_token_create(args: argparse.Namespace) -> int:
 
 def run_token_list(args: argparse.Namespace) -> int:
     """A table (or JSON) of tokens, secrets never shown."""
-    from rich.console import Console
-    from rich.table import Table
-
     from service import auth
 
-    ctx = _token_context()
-    try:
+    with _database() as ctx:
         rows = auth.list_tokens(ctx)
-    finally:
-        ctx.engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title=f"{len(rows)} tokens")
-    for column in ("id", "name", "kind", "starts with", "status", "created", "last used"):
-        table.add_column(column, no_wrap=column in ("id", "starts with"))
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["name"],
-            r["kind"],
-            r["hint"],
-            r["status"],
-            r["created_at"][:19],
-            (r["last_used_at"] or "never")[:19],
-        )
-    Console().print(table)
+    _print_table(
+        f"{len(rows)} tokens",
+        ("id", "name", "kind", "starts with", "status", "created", "last used"),
+        (
+            (
+                r["id"],
+                r["name"],
+                r["kind"],
+                r["hint"],
+                r["status"],
+                r["created_at"][:19],
+                (r["last_used_at"] or "never")[:19],
+            )
+            for r in rows
+        ),
+        no_wrap=("id", "starts with"),
+    )
     return 0
 
 
@@ -344,14 +352,12 @@ def run_token_revoke(args: argparse.Namespace) -> int:
     from service import auth
     from service.errors import NotFoundError
 
-    ctx = _token_context()
     try:
-        rows = auth.revoke_token(ctx, args.token)
+        with _database() as ctx:
+            rows = auth.revoke_token(ctx, args.token)
     except NotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        ctx.engine.dispose()
     for r in rows:
         print(f"revoked {r['kind']} token {r['id']} ({r['name']})")
     return 0
@@ -435,31 +441,28 @@ def run_study_create(args: argparse.Namespace) -> int:
 
 def run_study_list(args: argparse.Namespace) -> int:
     """A table of studies."""
-    from rich.console import Console
-    from rich.table import Table
-
     with _client(args) as client:
         response = client.get("/api/v1/studies", params={"limit": 100})
         if response.status_code != 200:
             return _fail(response)
         page = response.json()
-    table = Table(title=f"{page['count']} studies")
-    for column in ("id", "name", "status", "finished", "pruned", "failed", "best", "created"):
-        table.add_column(column)
-    for s in page["data"]:
-        c = s["trial_counts"]
-        best = s["best_trial"]
-        table.add_row(
-            str(s["id"]),
-            s["name"],
-            s["status"],
-            f"{s['finished']}/{s['n_trials']}",
-            str(c["pruned"]),
-            str(c["failed"] + c["diverged"] + c["timed_out"]),
-            "" if best is None else f"{best['value']:.4f}",
-            s["created_at"][:19],
-        )
-    Console().print(table)
+    _print_table(
+        f"{page['count']} studies",
+        ("id", "name", "status", "finished", "pruned", "failed", "best", "created"),
+        (
+            (
+                str(s["id"]),
+                s["name"],
+                s["status"],
+                f"{s['finished']}/{s['n_trials']}",
+                str(s["trial_counts"]["pruned"]),
+                str(sum(s["trial_counts"][k] for k in ("failed", "diverged", "timed_out"))),
+                "" if s["best_trial"] is None else f"{s['best_trial']['value']:.4f}",
+                s["created_at"][:19],
+            )
+            for s in page["data"]
+        ),
+    )
     return 0
 
 
@@ -612,29 +615,28 @@ def run_dataset_upload(args: argparse.Namespace) -> int:
 
 def run_dataset_list(args: argparse.Namespace) -> int:
     """A table of uploaded datasets."""
-    from rich.console import Console
-    from rich.table import Table
-
     with _client(args) as client:
         response = client.get("/api/v1/datasets", params={"limit": 1000})
         if response.status_code != 200:
             return _fail(response)
         page = response.json()
-    table = Table(title=f"{page['count']} datasets")
-    for column in ("id", "name", "format", "x_train", "classes", "bytes", "downloads", "created"):
-        table.add_column(column)
-    for d in page["data"]:
-        table.add_row(
-            d["id"],
-            d["name"],
-            d["format"],
-            "x".join(map(str, d["shapes"]["x_train"])),
-            str(d["classes"]),
-            f"{d['size_bytes']:,}",
-            str(d["downloads"]),
-            d["created_at"][:19],
-        )
-    Console().print(table)
+    _print_table(
+        f"{page['count']} datasets",
+        ("id", "name", "format", "x_train", "classes", "bytes", "downloads", "created"),
+        (
+            (
+                d["id"],
+                d["name"],
+                d["format"],
+                "x".join(map(str, d["shapes"]["x_train"])),
+                str(d["classes"]),
+                f"{d['size_bytes']:,}",
+                str(d["downloads"]),
+                d["created_at"][:19],
+            )
+            for d in page["data"]
+        ),
+    )
     return 0
 
 

@@ -305,6 +305,15 @@ def dataset_file(ctx: ServiceContext, ident: str) -> DatasetFile | None:
     return found
 
 
+def example_shape(ctx: ServiceContext, ident: str) -> tuple[tuple[int, ...], int] | None:
+    """(one example's shape, classes) of dataset ``ident``; ``None`` when it is not stored."""
+    with ctx.sessions() as s:
+        d = s.get(Dataset, ident)
+        if d is None:
+            return None
+        return tuple(d.summary["shapes"]["x_train"][1:]), int(d.summary["classes"])
+
+
 def exists(ctx: ServiceContext, ident: str) -> bool:
     """Whether dataset ``ident`` is stored."""
     with ctx.sessions() as s:

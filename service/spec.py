@@ -304,15 +304,10 @@ def _check_combinations(spec: StudySpec) -> list[FieldError]:
     """Every corner of the space, with the fixed values, must be a valid trial (e.g. clipping
     without a threshold is caught here, once, rather than in every trial)."""
     space = spec.space
-    base = dict(spec.fixed_params)
-    corners: list[dict[str, Any]] = []
-    for name, param in space.items():
-        values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
-        base.setdefault(name, values[0])
-        corners += [{name: v} for v in values]
+    base, corners = _corners(spec)
     seen: set[str] = set()
     errors = []
-    for corner in corners or [{}]:
+    for corner in corners:
         try:
             validate_params({**base, **corner})
         except InvalidSpecError as exc:
@@ -331,14 +326,9 @@ def check_for_dataset(
     """What only the dataset's shape can tell: a cnn needs image-shaped examples, and the
     largest model any corner of the space builds must have at most ``max_weights`` weights (a
     model that cannot fit is refused here, not by every trial running out of memory)."""
-    base = dict(spec.fixed_params)
-    for name, param in spec.space.items():
-        base.setdefault(name, _corner_values(param)[0])
-    corners = [
-        {name: value} for name, param in spec.space.items() for value in _corner_values(param)
-    ]
+    base, corners = _corners(spec)
     largest, where = 0, "model.hidden_units"
-    for corner in corners or [{}]:
+    for corner in corners:
         params = validate_params({**base, **corner})
         if params.architecture == "cnn" and len(input_shape) not in (2, 3):
             field = (
@@ -367,8 +357,17 @@ def check_for_dataset(
     ]
 
 
-def _corner_values(param: SearchParam) -> list[Any]:
-    return list(param.choices) if isinstance(param, Categorical) else [param.low, param.high]
+def _corners(spec: StudySpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The trials that bound the space: a base (the fixed values, each searched parameter at
+    its first value) and one change per searched parameter's bound or choice (``[{}]`` when
+    nothing is searched)."""
+    base = dict(spec.fixed_params)
+    corners: list[dict[str, Any]] = []
+    for name, param in spec.space.items():
+        values = list(param.choices) if isinstance(param, Categorical) else [param.low, param.high]
+        base.setdefault(name, values[0])
+        corners += [{name: v} for v in values]
+    return base, corners or [{}]
 
 
 def _where(field: str, spec: StudySpec) -> str:

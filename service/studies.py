@@ -27,7 +27,7 @@ from service.errors import (
     NotFoundError,
 )
 from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
-from service.spec import StudySpec, check_for_dataset, parse_study_spec
+from service.spec import check_for_dataset, parse_study_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
     """Validate a spec and create the study (queued until a worker asks)."""
     spec = parse_study_spec(raw, ctx.settings.max_trials, ctx.settings.max_epochs)
     dataset_id = spec.dataset.get("id")
-    if dataset_id is not None and not datasets.exists(ctx, dataset_id):
+    if dataset_id is None:
+        shape = validate_dataset(spec.dataset).shape
+    elif (shape := datasets.example_shape(ctx, dataset_id)) is None:
         raise InvalidSpecError(
             [
                 FieldError(
@@ -48,7 +50,6 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
                 )
             ]
         )
-    shape = _dataset_shape(ctx, spec)
     if shape is not None:
         errors = check_for_dataset(spec, *shape, ctx.settings.max_model_params)
         if errors:
@@ -82,14 +83,6 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
         raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists") from None
     log.info("study created", extra={"study": spec.name, "n_trials": spec.n_trials})
     return get_study(ctx, study_id)
-
-
-def _dataset_shape(ctx: ServiceContext, spec: StudySpec) -> tuple[tuple[int, ...], int] | None:
-    """(one example's shape, classes) of the spec's dataset, where known before loading."""
-    if "id" in spec.dataset:
-        found = datasets.get_dataset(ctx, spec.dataset["id"])
-        return tuple(found["shapes"]["x_train"][1:]), int(found["classes"])
-    return validate_dataset(spec.dataset).shape
 
 
 def _check_active_limit(ctx: ServiceContext) -> None:

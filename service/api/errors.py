@@ -66,6 +66,16 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(body)"
 
 
+def refusal(
+    status: int, reason: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A refusal in the one error shape; with ``field``, the detail names it too. Also an ASGI
+    app, so that middleware can answer with it before the application runs."""
+    errors = [{"field": field, "reason": reason}] if field else []
+    detail = f"{field}: {reason}" if field else reason
+    return JSONResponse(status_code=status, content=_body(detail, errors), headers=headers)
+
+
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("bytes", "KiB", "MiB", "GiB"):

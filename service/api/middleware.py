@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
-from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import refusal
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +37,6 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
-
-
-async def _answer(
-    send: Send, status: int, detail: str, field: str | None = None, headers: Any = ()
-) -> None:
-    errors = [{"field": field, "reason": detail}] if field else []
-    body = json.dumps({"detail": detail, "errors": errors}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def is_loopback(host: str) -> bool:
@@ -79,13 +59,13 @@ class LoopbackGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
         if scope["type"] == "http" and server and server[0] and not is_loopback(server[0]):
-            await _answer(
-                send,
+            answer = refusal(
                 403,
                 f"this API runs without authentication and answers only on loopback "
                 f"addresses, not on {server[0]}: set HPSEARCH_AUTH=on (and give clients "
                 "tokens), or HPSEARCH_ALLOW_NO_AUTH=true on a trusted network",
             )
+            await answer(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -105,7 +85,7 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._too_large(send)
+            await self._too_large(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         with anyio.move_on_after(self.seconds) as scope_timer:
@@ -116,7 +96,7 @@ class BodyLimit:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_bytes:
-                    await self._too_large(send)
+                    await self._too_large(scope, receive, send)
                     return
                 chunks.append(chunk)
                 more = message.get("more_body", False)
@@ -125,12 +105,13 @@ class BodyLimit:
                 "request body too slow: dropped",
                 extra={"path": scope["path"], "received_bytes": size},
             )
-            await _answer(
-                send,
+            answer = refusal(
                 408,
                 f"the request body did not arrive within {self.seconds:g} s "
                 "(HPSEARCH_REQUEST_BODY_SECONDS)",
+                headers={"Connection": "close"},
             )
+            await answer(scope, receive, send)
             return
         body = b"".join(chunks)
         sent = False
@@ -155,14 +136,15 @@ class BodyLimit:
 
         return timed
 
-    async def _too_large(self, send: Send) -> None:
-        await _answer(
-            send,
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = refusal(
             413,
             f"the request body passes the limit of {self.max_bytes:,} bytes "
             "(HPSEARCH_MAX_REQUEST_BYTES)",
             field="(body)",
+            headers={"Connection": "close"},
         )
+        await answer(scope, receive, send)
 
 
 class Lanes:

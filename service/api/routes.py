@@ -30,6 +30,7 @@ from service.api.deps import (
     TrialNumberPath,
     page,
 )
+from service.api.errors import refusal
 from service.db.migrate import current_revision, head_revision
 from service.spec import StudySpec
 from service.uploads import receive_upload
@@ -214,13 +215,9 @@ async def upload_dataset(request: Request, ctx: ContextDep) -> JSONResponse:
             reason = (
                 f"no data for {stalled:g} s (HPSEARCH_REQUEST_BODY_SECONDS); nothing was stored"
             )
-            return JSONResponse(
-                {"detail": f"file: {reason}", "errors": [{"field": "file", "reason": reason}]},
-                status_code=408,
-                headers={"Connection": "close"},
-            )
+            return refusal(408, reason, field="file", headers={"Connection": "close"})
         log.info("upload abandoned by the client")  # nobody is left to answer
-        return JSONResponse({"detail": "upload abandoned", "errors": []}, status_code=400)
+        return refusal(400, "upload abandoned")
     dataset, created = await run_in_threadpool(datasets.store_upload, ctx, upload)
     return JSONResponse(dataset, status_code=201 if created else 200)
 
