@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
+import fastapi_offline
+from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
@@ -141,17 +142,58 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+# /docs is served whole by the API, for machines without internet: Swagger UI's script and style
+# from the fastapi-offline package (what FastAPI's own page loads from a CDN), the page and its
+# start-up script from docs_static/.
+DOCS_STATIC = Path(__file__).parent / "docs_static"
+SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
+_DOCS_ASSETS = {
+    "swagger-ui-bundle.js": (SWAGGER_UI, "text/javascript", "public, max-age=86400"),
+    "swagger-ui.css": (SWAGGER_UI, "text/css", "public, max-age=86400"),
+    "init.js": (DOCS_STATIC, "text/javascript", "no-cache"),
+}
+# Only the service's own scripts, and no inline one (Swagger UI starts from init.js). Inline
+# styles stay allowed: Swagger UI sets style attributes. Its icons are data: URIs.
+DOCS_CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+
 def _add_docs(app: FastAPI) -> None:
     """The OpenAPI schema and Swagger UI, behind a user token (the dashboard's session
-    cookie opens them in a browser)."""
+    cookie opens them in a browser). Swagger UI's files need none: they hold no data."""
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[USER])
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False, dependencies=[USER])
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="hpsearch API")
+    def docs() -> FileResponse:
+        return FileResponse(
+            DOCS_STATIC / "index.html",
+            media_type="text/html",
+            headers={
+                "Cache-Control": "no-cache",
+                "Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY,
+            },
+        )
+
+    @app.get("/docs/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> FileResponse:
+        # A fixed list: no path reaches the file system.
+        if name not in _DOCS_ASSETS:
+            raise HTTPException(status_code=404, detail=f"no such file of the API docs: {name!r}")
+        folder, media_type, cache = _DOCS_ASSETS[name]
+        return FileResponse(folder / name, media_type=media_type, headers={"Cache-Control": cache})
 
 
 def _register_tokens(ctx: ServiceContext) -> None:
