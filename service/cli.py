@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.results import TrialState
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_API = os.environ.get("HPSEARCH_API_URL", "http://127.0.0.1:8000")
 
@@ -93,30 +100,111 @@ def register(subparsers: Any) -> None:
     )
     dashboard.set_defaults(handler=run_dashboard)
 
-    study = subparsers.add_parser("study", help="launch and manage studies through the API")
-    study.add_argument("--api", default=DEFAULT_API, help="the API's URL (env HPSEARCH_API_URL)")
+    _register_client_commands(subparsers)
+
+
+# Exit codes of the ``study`` and ``dataset`` commands, one per kind of failure (3 and 4 are
+# also what ``hpsearch worker`` exits with when the API is unreachable or refuses its token).
+EXIT_OK = 0
+EXIT_FAILED = 1  # anything else: a 5xx, an unexpected answer, a study that ended unsuccessfully
+EXIT_INVALID = 2  # invalid input: a bad argument or file, a 422 (or 413) from the API
+EXIT_UNREACHABLE = 3  # no answer: connection refused, host not found, timeout, broken connection
+EXIT_TOKEN_REFUSED = 4  # 401 (no valid token) or 403 (a token of the wrong kind)
+EXIT_NOT_FOUND = 5  # 404: no such study or dataset
+EXIT_CONFLICT = 6  # 409: the resource's state forbids it (a taken name, a study already ended)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+_EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 any other failure (a server error, a study that ended stopped or "
+    "failed); 2 invalid input (a bad argument or file, or the API's 422); 3 the API cannot be "
+    "reached; 4 the API refused the token (401/403); 5 not found (404); 6 a conflict with the "
+    "resource's state (409); 130 interrupted (Ctrl-C). Errors are one line on stderr; --debug "
+    "adds the traceback."
+)
+# A trial runs, then ends in one of the trainer's states.
+TRIAL_STATES = ("running", *(state.value for state in TrialState))
+
+
+def _register_client_commands(subparsers: Any) -> None:
+    """``study`` and ``dataset``: commands that talk to a running API."""
+    # --api, --timeout and --debug work before or after the action (``hpsearch study --api URL
+    # list`` and ``hpsearch study list --api URL``): on the action they default to nothing, so
+    # that they never overwrite the group's value.
+    common = argparse.ArgumentParser(add_help=False)
+    _client_options(common, argparse.SUPPRESS)
+
+    study = subparsers.add_parser(
+        "study",
+        help="launch and manage studies through the API",
+        description="Launch, watch and manage studies on a running API (--api). With "
+        "HPSEARCH_AUTH on, set HPSEARCH_TOKEN to a user token.",
+        epilog=_EXIT_CODES_HELP,
+    )
+    _client_options(study, None)
     actions = study.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="launch a study from a JSON spec file")
+
+    def action(name: str, helptext: str, handler: Any, **kw: Any) -> argparse.ArgumentParser:
+        """An action of the group being built (``actions``), with the common options."""
+        p: argparse.ArgumentParser = actions.add_parser(
+            name, help=helptext, parents=[common], epilog=_EXIT_CODES_HELP, **kw
+        )
+        p.set_defaults(handler=_reporting_api_errors(handler))
+        return p
+
+    create = action("create", "launch a study from a JSON spec file", run_study_create)
     create.add_argument("spec", type=Path)
     create.add_argument("--wait", action="store_true", help="show progress until it ends")
-    create.set_defaults(handler=run_study_create)
-    actions.add_parser("list", help="studies, newest first").set_defaults(handler=run_study_list)
+    action("list", "studies, newest first", run_study_list)
     for name, helptext in (
-        ("show", "one study"),
+        ("show", "one study, as JSON"),
         ("stop", "stop a study"),
         ("resume", "resume a stopped study"),
-        ("wait", "show progress until a study ends"),
+        ("wait", "show progress until a study ends (exit 0 when it completed, 1 otherwise)"),
     ):
-        p = actions.add_parser(name, help=helptext)
-        p.add_argument("study_id", type=int)
-        p.set_defaults(handler=run_study_action)
+        action(name, helptext, run_study_action).add_argument("study_id", type=int)
+    trials = action(
+        "trials",
+        "a table of a study's trials",
+        run_study_trials,
+        description="A study's trials, by number: state, objective value, each searched "
+        "parameter, epochs run and duration (every page fetched).",
+    )
+    trials.add_argument("study_id", type=int)
+    trials.add_argument("--state", choices=TRIAL_STATES, help="only trials in this state")
+    trials.add_argument("--json", action="store_true", help="the trials as the API gives them")
+    best = action(
+        "best",
+        "the best trial: value and parameters",
+        run_study_best,
+        description="The study's best completed trial. --json prints its parameters alone, "
+        "ready to reuse: `hpsearch study best 3 --json > best.json; hpsearch trial --params "
+        "@best.json --dataset digits`.",
+    )
+    best.add_argument("study_id", type=int)
+    best.add_argument("--json", action="store_true", help="the parameters as a JSON object")
+    delete = action(
+        "delete",
+        "delete a study and its trials",
+        run_study_delete,
+        description="Delete a study, its trials and Optuna's copy of it, after asking (a "
+        "running study's workers drop its trials). --yes deletes without asking, as a script "
+        "needs; without it, a 'y' is read from stdin.",
+    )
+    delete.add_argument("study_id", type=int)
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask")
 
-    dataset = subparsers.add_parser("dataset", help="upload and manage datasets through the API")
-    dataset.add_argument("--api", default=DEFAULT_API, help="the API's URL (env HPSEARCH_API_URL)")
+    dataset = subparsers.add_parser(
+        "dataset",
+        help="upload and manage datasets through the API",
+        description="Upload and manage datasets on a running API (--api).",
+        epilog=_EXIT_CODES_HELP,
+    )
+    _client_options(dataset, None)
     actions = dataset.add_subparsers(dest="action", metavar="ACTION", required=True)
-    upload = actions.add_parser(
+    upload = action(
         "upload",
-        help="upload an .npz or .csv file; prints its id",
+        "upload an .npz or .csv file; prints its id",
+        run_dataset_upload,
         description="Upload a dataset. An .npz holds x_train and y_train (and optionally x_val, "
         "y_val, x_test, y_test); a .csv holds a label column and numeric or text features "
         "(text columns are one-hot encoded). Use the printed id in a study spec: "
@@ -126,12 +214,32 @@ def register(subparsers: Any) -> None:
     upload.add_argument("--name", help="default: the file name without its suffix")
     upload.add_argument("--label-column", help="csv only (default: label)")
     upload.add_argument("--format", choices=("npz", "csv"), help="default: from the suffix")
-    upload.set_defaults(handler=run_dataset_upload)
-    actions.add_parser("list", help="uploaded datasets").set_defaults(handler=run_dataset_list)
+    action("list", "uploaded datasets", run_dataset_list)
     for name, helptext in (("show", "one dataset, as JSON"), ("delete", "delete a dataset")):
-        p = actions.add_parser(name, help=helptext)
-        p.add_argument("dataset_id")
-        p.set_defaults(handler=run_dataset_action)
+        action(name, helptext, run_dataset_action).add_argument("dataset_id")
+
+
+def _client_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--api, --timeout and --debug; ``default`` None gives each its real default."""
+    unset = default is not None
+    parser.add_argument(
+        "--api",
+        default=default if unset else DEFAULT_API,
+        help=f"the API's URL (env HPSEARCH_API_URL; default {DEFAULT_API})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=default if unset else None,
+        help="how long to wait for each answer (default 30; an upload 600)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default if unset else False,
+        help="print the traceback of an error, not only its one line",
+    )
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -280,16 +388,22 @@ def _database(settings: Any = None) -> Iterator[Any]:
 def _print_table(
     title: str, headers: Sequence[str], rows: Iterable[Sequence[str]], no_wrap: Sequence[str] = ()
 ) -> None:
-    """A rich table of ``rows``; the ``no_wrap`` columns never wrap their cells."""
+    """A rich table of ``rows`` that never cuts a cell: on a narrow terminal long values wrap at
+    spaces or fold onto the next line rather than end in an ellipsis, and the cells lose their
+    padding first. The ``no_wrap`` columns (ids) keep each cell on one line."""
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
     table = Table(title=title)
     for header in headers:
-        table.add_column(header, no_wrap=header in no_wrap)
+        table.add_column(header, no_wrap=header in no_wrap, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    unbounded = console.options.update_width(1_000_000)
+    if console.measure(table, options=unbounded).maximum > console.width:
+        table.padding = (0, 0)  # a narrow terminal: the room goes to the values
+    console.print(table)
 
 
 def run_token_create(args: argparse.Namespace) -> int:
@@ -337,8 +451,8 @@ def run_token_list(args: argparse.Namespace) -> int:
                 r["kind"],
                 r["hint"],
                 r["status"],
-                r["created_at"][:19],
-                (r["last_used_at"] or "never")[:19],
+                _timestamp(r["created_at"]),
+                _timestamp(r["last_used_at"] or "never"),
             )
             for r in rows
         ),
@@ -399,26 +513,246 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- study ---------------------------------------------------------------------------------------
+# -- the API client ------------------------------------------------------------------------------
+# Every way a request to the API can fail becomes an ApiError in ApiClient, and every command
+# reports it the same way in _reporting_api_errors: one line (and one per field at fault), the
+# exit code of its kind, a traceback only with --debug.
+
+_PAGE_SIZE = 500  # rows per request when a command fetches a whole list
+_NO_SERVER_HINT = "start it with `hpsearch serve`, or pass --api / set HPSEARCH_API_URL"
+_TOKEN_HINT = "set HPSEARCH_TOKEN to a user token (`hpsearch token create NAME` where the API runs)"
 
 
-def _client(args: argparse.Namespace, timeout: float = 30.0) -> Any:
+class ApiError(Exception):
+    """A request the API refused or could not answer: the line to show, the indented lines
+    under it (one per field at fault), the command's exit code, and the HTTP status and fields
+    at fault when the API answered."""
+
+    def __init__(
+        self,
+        message: str,
+        exit_code: int,
+        details: Sequence[str] = (),
+        status: int | None = None,
+        fields: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.details = tuple(details)
+        self.status = status
+        self.fields = tuple(fields)
+
+
+class ApiClient:
+    """The hpsearch API over HTTP, as the ``study`` and ``dataset`` commands use it.
+
+    ``request`` returns only the answers a command expects; anything else (no connection, a
+    timeout, a refused token, a 4xx or 5xx) raises :class:`ApiError` naming the URL and what to
+    do. Not thread-safe (one httpx client)."""
+
+    def __init__(self, api_url: str, token: str | None, timeout: float) -> None:
+        import httpx
+
+        self.url = _checked_api_url(api_url)
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token_sent = bool(token)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        subject: str | None = None,
+        expect: Sequence[int] = (200,),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """``method path``; the answer when its status is in ``expect``, else ApiError.
+        ``subject`` names what the request is about in the error ("study 3": "study 3 not found
+        at ...")."""
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.url, self.timeout) from exc
+        if response.status_code not in expect:
+            raise _status_error(response, self.url, subject, self._token_sent)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``request``, and the answer's JSON body."""
+        response = self.request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(
+                f"error: the answer from {self.url} to {method} {path} is not JSON "
+                f"({response.headers.get('content-type', 'no content type')}): is --api the "
+                "hpsearch API?",
+                EXIT_FAILED,
+            ) from None
+
+    def fetch_all(
+        self, path: str, params: dict[str, Any] | None = None, subject: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Every row of a paginated list, page after page: (rows, the count the API gave)."""
+        rows: list[dict[str, Any]] = []
+        limit: dict[str, int] = {"limit": _PAGE_SIZE}
+        while True:
+            query = {**(params or {}), "offset": len(rows), **limit}
+            try:
+                page = self.json("GET", path, params=query, subject=subject)
+            except ApiError as exc:
+                if not (limit and exc.status == 422 and "limit" in exc.fields):
+                    raise
+                limit = {}  # the API allows fewer rows a page (HPSEARCH_MAX_PAGE_SIZE): its own
+                continue
+            rows += page["data"]
+            if not page["data"] or len(rows) >= page["count"]:
+                return rows, int(page["count"])
+
+
+def _checked_api_url(api_url: str) -> str:
+    """``api_url`` without its trailing slash, refused (exit 2) unless it is an http(s) URL."""
     import httpx
 
-    token = os.environ.get("HPSEARCH_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=timeout)
+    hint = "give one like http://127.0.0.1:8000 (--api or HPSEARCH_API_URL)"
+    try:
+        url = httpx.URL(api_url)
+    except httpx.InvalidURL as exc:
+        raise ApiError(
+            f"error: --api: {api_url!r} is not a URL ({exc}): {hint}", EXIT_INVALID
+        ) from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ApiError(f"error: --api: {api_url!r} is not an http:// URL: {hint}", EXIT_INVALID)
+    return api_url.rstrip("/")
 
 
-def _fail(response: Any) -> int:
+def _transport_error(exc: httpx.TransportError, url: str, timeout: float) -> ApiError:
+    """No answer: why (refused, unknown host, timeout, broken connection), and what to do."""
+    import socket
+
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        what = "no connection" if isinstance(exc, httpx.ConnectTimeout) else "no answer"
+        return ApiError(
+            f"error: cannot reach the hpsearch API at {url} ({what} within {timeout:g} s): "
+            "check that it runs and answers there, or pass --timeout SECONDS",
+            EXIT_UNREACHABLE,
+        )
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        reason, hint = "connection refused", _NO_SERVER_HINT
+    elif isinstance(cause, socket.gaierror):
+        reason = f"host name not found: {cause.strerror}"
+        hint = "check the host in --api / HPSEARCH_API_URL"
+    elif isinstance(exc, httpx.ConnectError):
+        reason, hint = str(exc) or type(exc).__name__, _NO_SERVER_HINT
+    else:  # connected, then the connection broke or the answer was not HTTP
+        reason = f"the connection broke: {str(exc).rstrip('.') or type(exc).__name__}"
+        hint = "check that --api / HPSEARCH_API_URL is the hpsearch API, and that it runs"
+    return ApiError(
+        f"error: cannot reach the hpsearch API at {url} ({reason}): {hint}", EXIT_UNREACHABLE
+    )
+
+
+def _status_error(
+    response: httpx.Response, url: str, subject: str | None, token_sent: bool
+) -> ApiError:
+    """An answer the command did not expect, as one line naming the URL, and its exit code."""
+    status = response.status_code
     try:
         body = response.json()
     except ValueError:
-        body = {"detail": response.text}
-    print(f"error: HTTP {response.status_code}: {body.get('detail')}", file=sys.stderr)
-    for e in body.get("errors", []):
-        print(f"  {e['field']}: {e['reason']}", file=sys.stderr)
-    return 2 if response.status_code in (404, 409, 422) else 1
+        body = None
+    if not isinstance(body, dict):  # not the API's error shape: keep its text short
+        body = {"detail": " ".join(response.text.split())[:200] or response.reason_phrase}
+    detail = str(body.get("detail") or response.reason_phrase)
+    errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
+    request = f"{response.request.method} {response.request.url.path}"
+    if status in (401, 403):
+        if status == 401 and not token_sent:
+            line = f"error: the API at {url} needs a token (401): {_TOKEN_HINT}"
+        else:
+            line = f"error: the API at {url} refused the token ({status}: {detail}): {_TOKEN_HINT}"
+        return ApiError(line, EXIT_TOKEN_REFUSED, status=status)
+    if status == 404:
+        line = (
+            f"error: {request} not found at {url}: {detail}"
+            if subject is None
+            else f"error: {subject} not found at {url}"
+        )
+        return ApiError(line, EXIT_NOT_FOUND, status=status)
+    if status in (413, 422):
+        lines = [f"{e.get('field')}: {e.get('reason')}" for e in errors]
+        return ApiError(
+            f"error: the API at {url} refused {subject or request} ({status}): "
+            + ("fix these and try again:" if lines else detail),
+            EXIT_INVALID,
+            lines,
+            status=status,
+            fields=[str(e.get("field")) for e in errors],
+        )
+    if status == 409:
+        line = f"error: the API at {url} refused: {detail} (409 conflict)"
+        return ApiError(line, EXIT_CONFLICT, status=status)
+    if status >= 500:
+        line = (
+            f"error: the API at {url} failed on {request} ({status} {response.reason_phrase}): "
+            f"{detail}"
+        )
+        return ApiError(line, EXIT_FAILED, status=status)
+    line = (
+        f"error: the API at {url} answered {status} {response.reason_phrase} to {request}: {detail}"
+    )
+    return ApiError(line, EXIT_FAILED, status=status)
+
+
+def _api(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
+    """The client for this command's --api, --timeout and HPSEARCH_TOKEN."""
+    return ApiClient(args.api, os.environ.get("HPSEARCH_TOKEN") or None, args.timeout or timeout)
+
+
+def _reporting_api_errors(handler: Any) -> Any:
+    """``handler``, with its ApiErrors reported as one line each (and the traceback with
+    --debug) and turned into their exit codes."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code: int = handler(args)
+        except ApiError as exc:
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            print(exc.message, file=sys.stderr)
+            for line in exc.details:
+                print(f"  {line}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return code
+
+    return run
+
+
+# -- study ---------------------------------------------------------------------------------------
 
 
 def run_study_create(args: argparse.Namespace) -> int:
@@ -427,27 +761,27 @@ def run_study_create(args: argparse.Namespace) -> int:
         spec = json.loads(args.spec.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         print(f"error: cannot read {args.spec}: {exc}", file=sys.stderr)
-        return 2
-    with _client(args) as client:
-        response = client.post("/api/v1/studies", json=spec)
-        if response.status_code != 201:
-            return _fail(response)
-        study = response.json()
+        return EXIT_INVALID
+    with _api(args) as api:
+        study = api.json(
+            "POST",
+            "/api/v1/studies",
+            json=spec,
+            expect=(201,),
+            subject=f"the study spec in {args.spec}",
+        )
         print(f"study {study['id']} ({study['name']}) created: {study['n_trials']} trials")
         if args.wait:
-            return _wait(client, study["id"])
-    return 0
+            return _wait(api, study["id"])
+    return EXIT_OK
 
 
 def run_study_list(args: argparse.Namespace) -> int:
     """A table of studies."""
-    with _client(args) as client:
-        response = client.get("/api/v1/studies", params={"limit": 100})
-        if response.status_code != 200:
-            return _fail(response)
-        page = response.json()
+    with _api(args) as api:
+        studies, count = api.fetch_all("/api/v1/studies")
     _print_table(
-        f"{page['count']} studies",
+        f"{count} studies",
         ("id", "name", "status", "finished", "pruned", "failed", "best", "created"),
         (
             (
@@ -458,60 +792,213 @@ def run_study_list(args: argparse.Namespace) -> int:
                 str(s["trial_counts"]["pruned"]),
                 str(sum(s["trial_counts"][k] for k in ("failed", "diverged", "timed_out"))),
                 "" if s["best_trial"] is None else f"{s['best_trial']['value']:.4f}",
-                s["created_at"][:19],
+                _timestamp(s["created_at"]),
             )
-            for s in page["data"]
+            for s in studies
         ),
+        no_wrap=("id",),
     )
-    return 0
+    return EXIT_OK
 
 
 def run_study_action(args: argparse.Namespace) -> int:
     """show / stop / resume / wait."""
-    with _client(args) as client:
+    subject = f"study {args.study_id}"
+    with _api(args) as api:
         if args.action == "wait":
-            return _wait(client, args.study_id)
+            return _wait(api, args.study_id)
         if args.action == "show":
-            response = client.get(f"/api/v1/studies/{args.study_id}")
+            study = api.json("GET", f"/api/v1/studies/{args.study_id}", subject=subject)
         else:
-            response = client.post(f"/api/v1/studies/{args.study_id}/{args.action}")
-        if response.status_code != 200:
-            return _fail(response)
-        print(json.dumps(response.json(), indent=2))
-    return 0
+            path = f"/api/v1/studies/{args.study_id}/{args.action}"
+            study = api.json("POST", path, subject=subject)
+        print(json.dumps(study, indent=2))
+    return EXIT_OK
 
 
-def _wait(client: Any, study_id: int) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-    ) as progress:
-        task = progress.add_task(f"study {study_id}", total=None, info="")
-        while True:
-            response = client.get(f"/api/v1/studies/{study_id}")
-            if response.status_code != 200:
-                return _fail(response)
-            s = response.json()
-            c, best = s["trial_counts"], s["best_trial"]
-            info = (
-                f"{s['status']}, running {c['running']}, pruned {c['pruned']}, "
-                f"failed {c['failed'] + c['diverged'] + c['timed_out']}"
-                + ("" if best is None else f", best {best['value']:.4f}")
+def run_study_trials(args: argparse.Namespace) -> int:
+    """A table (or JSON) of a study's trials, every page fetched."""
+    subject = f"study {args.study_id}"
+    with _api(args) as api:
+        study = api.json("GET", f"/api/v1/studies/{args.study_id}", subject=subject)
+        trials, count = api.fetch_all(
+            f"/api/v1/studies/{args.study_id}/trials",
+            {"state": args.state} if args.state else {},
+            subject=subject,
+        )
+    if args.json:
+        print(json.dumps(trials, indent=2))
+        return EXIT_OK
+    searched: list[str] = study["searched"]
+    _print_table(
+        f"study {study['id']} ({study['name']}): {count} "
+        + (f"{args.state} trials" if args.state else f"trials of {study['n_trials']}"),
+        ("#", "state", study["objective"]["metric"], *searched, "epochs", "duration"),
+        (
+            (
+                str(t["number"]),
+                t["state"],
+                "" if t["value"] is None else f"{t['value']:.4f}",
+                *(_param_text(t["params"].get(name)) for name in searched),
+                str(t["epochs_run"]),
+                "" if t["duration_seconds"] is None else f"{t['duration_seconds']:.1f} s",
             )
-            progress.update(task, total=s["n_trials"], completed=s["finished"], info=info)
-            if s["status"] not in ("queued", "running"):
-                break
-            time.sleep(1.0)
+            for t in trials
+        ),
+        no_wrap=("#",),
+    )
+    return EXIT_OK
+
+
+def run_study_best(args: argparse.Namespace) -> int:
+    """The best completed trial's value and parameters (--json: the parameters alone)."""
+    with _api(args) as api:
+        study = api.json(
+            "GET", f"/api/v1/studies/{args.study_id}", subject=f"study {args.study_id}"
+        )
+    best = study["best_trial"]
+    if best is None:
+        print(
+            f"error: study {study['id']} ({study['name']}) has no completed trial yet "
+            f"({study['status']}, {study['finished']} of {study['n_trials']} finished)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(best["params"], indent=2, sort_keys=True))
+        return EXIT_OK
+    objective = study["objective"]
+    print(
+        f"study {study['id']} ({study['name']}): best trial {best['number']}, "
+        f"{objective['metric']} {best['value']:.4f} ({objective['direction']})"
+    )
+    searched = [name for name in study["searched"] if name in best["params"]]
+    fixed = sorted(name for name in best["params"] if name not in searched)
+    for title, names in (("searched", searched), ("fixed", fixed)):
+        if names:
+            print(f"{title}:")
+            for name in names:
+                print(f"  {name}: {_param_text(best['params'][name])}")
+    return EXIT_OK
+
+
+def run_study_delete(args: argparse.Namespace) -> int:
+    """Delete a study after a 'y' on stdin, or at once with --yes."""
+    subject = f"study {args.study_id}"
+    with _api(args) as api:
+        study = api.json("GET", f"/api/v1/studies/{args.study_id}", subject=subject)
+        if not args.yes:
+            sys.stderr.write(
+                f"delete study {study['id']} ({study['name']}, {study['status']}) and its "
+                f"{sum(study['trial_counts'].values())} trials? [y/N] "
+            )
+            sys.stderr.flush()
+            answer = sys.stdin.readline().strip().lower()
+            if not sys.stdin.isatty():  # the answer was not echoed: end the prompt's line
+                sys.stderr.write("\n")
+            if answer not in ("y", "yes"):
+                print(
+                    f"study {study['id']} not deleted"
+                    + ("" if answer else " (no answer: pass --yes to delete without asking)"),
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+        api.request("DELETE", f"/api/v1/studies/{args.study_id}", subject=subject, expect=(204,))
+    print(f"study {study['id']} ({study['name']}) deleted")
+    return EXIT_OK
+
+
+def _param_text(value: Any) -> str:
+    """A parameter's value, short: floats to 4 significant digits, lists as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _timestamp(value: str) -> str:
+    """An API timestamp (ISO 8601) as ``2024-05-01 12:34:56``: it wraps at the space."""
+    return value[:19].replace("T", " ")
+
+
+def _wait(api: ApiClient, study_id: int) -> int:
+    """A progress bar with the trial counts and an ETA until the study ends; exit 0 when it
+    completed, 1 when it ended otherwise, 130 on Ctrl-C (the study goes on)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    path, subject = f"/api/v1/studies/{study_id}", f"study {study_id}"
+    eta = _Eta()
+    try:
+        s = api.json("GET", path, subject=subject)  # before the bar: no bar for a missing study
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            # On a narrow terminal the counts wrap under each other; the bar keeps its numbers.
+            TextColumn("{task.fields[info]}", table_column=Column(overflow="fold")),
+        ) as progress:
+            task = progress.add_task(subject, total=s["n_trials"], info="", eta="")
+            while True:
+                c, best = s["trial_counts"], s["best_trial"]
+                info = (
+                    f"{s['status']}, running {c['running']}, pruned {c['pruned']}, "
+                    f"failed {c['failed'] + c['diverged'] + c['timed_out']}"
+                    + ("" if best is None else f", best {best['value']:.4f}")
+                )
+                progress.update(
+                    task,
+                    total=s["n_trials"],
+                    completed=s["finished"],
+                    info=info,
+                    eta=eta.update(s["status"], s["finished"], s["n_trials"]),
+                )
+                if s["status"] not in ("queued", "running"):
+                    break
+                time.sleep(1.0)
+                s = api.json("GET", path, subject=subject)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: study {study_id} goes on (`hpsearch study wait {study_id}` to watch "
+            f"it again, `hpsearch study stop {study_id}` to stop it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(
         f"study {study_id}: {s['status']}"
         + (f" ({s['status_reason']})" if s["status_reason"] else "")
     )
-    return 0 if s["status"] == "completed" else 1
+    return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
+
+
+class _Eta:
+    """Time left, from the trials finished per second since this command first saw the study
+    running (a queued study's wait is not counted; a study watched mid-run starts afresh)."""
+
+    def __init__(self) -> None:
+        self._since: tuple[float, int] | None = None
+
+    def update(self, status: str, finished: int, total: int) -> str:
+        """The ETA as ``eta 0:01:23`` (``eta -:--:--`` until a trial has finished)."""
+        if status not in ("queued", "running"):
+            return "eta 0:00:00" if finished >= total else ""
+        now = time.monotonic()
+        if status == "queued" or self._since is None:
+            self._since = (now, finished)
+            return "eta -:--:--"
+        started, finished_then = self._since
+        done = finished - finished_then
+        if done <= 0:
+            return "eta -:--:--"
+        left = (total - finished) * (now - started) / done
+        minutes, seconds = divmod(int(left + 0.5), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"eta {hours}:{minutes:02d}:{seconds:02d}"
 
 
 # -- datasets ------------------------------------------------------------------------------------
@@ -545,7 +1032,6 @@ class _ProgressReader:
 
 def run_dataset_upload(args: argparse.Namespace) -> int:
     """Upload a file with a progress bar; print the dataset's id and summary."""
-    import httpx
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -569,18 +1055,15 @@ def run_dataset_upload(args: argparse.Namespace) -> int:
         )
         if v
     }
-    with _client(args, timeout=600.0) as client:
-        listing = client.get("/api/v1/datasets", params={"limit": 1})
-        if listing.status_code != 200:
-            return _fail(listing)
-        limit = listing.json()["max_upload_bytes"]
+    with _api(args, timeout=600.0) as api:
+        limit = api.json("GET", "/api/v1/datasets", params={"limit": 1})["max_upload_bytes"]
         if size > limit:
             print(
                 f"error: {path} is {size:,} bytes; the service accepts at most {limit:,} "
                 "(HPSEARCH_MAX_UPLOAD_BYTES on the service)",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_INVALID
         with (
             path.open("rb") as f,
             Progress(
@@ -594,15 +1077,14 @@ def run_dataset_upload(args: argparse.Namespace) -> int:
         ):
             task = progress.add_task("upload", total=size)
             reader = _ProgressReader(f, lambda n: progress.advance(task, n))
-            try:
-                response = client.post(
-                    "/api/v1/datasets", files={"file": (path.name, reader)}, data=data
-                )
-            except httpx.TransportError as exc:
-                print(f"error: the upload failed: {exc}", file=sys.stderr)
-                return 1
-    if response.status_code not in (200, 201):
-        return _fail(response)
+            response = api.request(
+                "POST",
+                "/api/v1/datasets",
+                files={"file": (path.name, reader)},
+                data=data,
+                expect=(200, 201),
+                subject=f"the upload of {path}",
+            )
     d = response.json()
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in d["shapes"].items())
     print(
@@ -615,13 +1097,10 @@ def run_dataset_upload(args: argparse.Namespace) -> int:
 
 def run_dataset_list(args: argparse.Namespace) -> int:
     """A table of uploaded datasets."""
-    with _client(args) as client:
-        response = client.get("/api/v1/datasets", params={"limit": 1000})
-        if response.status_code != 200:
-            return _fail(response)
-        page = response.json()
+    with _api(args) as api:
+        datasets, count = api.fetch_all("/api/v1/datasets")
     _print_table(
-        f"{page['count']} datasets",
+        f"{count} datasets",
         ("id", "name", "format", "x_train", "classes", "bytes", "downloads", "created"),
         (
             (
@@ -632,23 +1111,22 @@ def run_dataset_list(args: argparse.Namespace) -> int:
                 str(d["classes"]),
                 f"{d['size_bytes']:,}",
                 str(d["downloads"]),
-                d["created_at"][:19],
+                _timestamp(d["created_at"]),
             )
-            for d in page["data"]
+            for d in datasets
         ),
+        no_wrap=("id",),
     )
-    return 0
+    return EXIT_OK
 
 
 def run_dataset_action(args: argparse.Namespace) -> int:
     """show / delete."""
-    with _client(args) as client:
-        path = f"/api/v1/datasets/{args.dataset_id}"
-        response = client.get(path) if args.action == "show" else client.delete(path)
-        if response.status_code not in (200, 204):
-            return _fail(response)
-    if args.action == "show":
-        print(json.dumps(response.json(), indent=2))
-    else:
-        print(f"dataset {args.dataset_id} deleted")
-    return 0
+    path, subject = f"/api/v1/datasets/{args.dataset_id}", f"dataset {args.dataset_id}"
+    with _api(args) as api:
+        if args.action == "show":
+            print(json.dumps(api.json("GET", path, subject=subject), indent=2))
+        else:
+            api.request("DELETE", path, subject=subject, expect=(204,))
+            print(f"dataset {args.dataset_id} deleted")
+    return EXIT_OK

@@ -56,4 +56,5 @@ def test_upload_list_show_and_delete_from_the_command_line(make_api, tmp_path) -
 
     assert hpsearch(api, "delete", ident).stdout.strip() == f"dataset {ident} deleted"
     gone = hpsearch(api, "show", ident)
-    assert gone.returncode == 2 and f"no dataset with id '{ident}'" in gone.stderr
+    assert gone.returncode == 5  # not found
+    assert gone.stderr == f"error: dataset {ident} not found at {api.url}\n"
