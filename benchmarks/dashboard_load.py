@@ -33,7 +33,7 @@ from service.config import Settings
 from service.context import ServiceContext
 from service.db.migrate import upgrade
 from service.db.models import Study, Trial, TrialEpoch, utcnow
-from service.optuna_bridge import distributions, optuna_storage
+from service.optuna_bridge import distributions, load_study
 from service.spec import StudySpec
 
 EPOCHS = 5
@@ -55,7 +55,7 @@ def seed(url: str, n: int) -> int:
     with ctx.sessions() as s:
         row = s.get(Study, study_id)
         assert row is not None
-        spec, optuna_name = StudySpec.model_validate(row.spec), row.optuna_name
+        spec, optuna_study_id = StudySpec.model_validate(row.spec), row.optuna_study_id
     dists = distributions(spec)
     rng = np.random.default_rng(0)
     frozen, ours = [], []
@@ -81,7 +81,7 @@ def seed(url: str, n: int) -> int:
             )
         )
         ours.append((params, "pruned" if pruned else "complete", curve))
-    study = optuna.load_study(study_name=optuna_name, storage=optuna_storage(url))
+    study = load_study(url, optuna_study_id)
     study.add_trials(frozen)
     ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
     now = utcnow()

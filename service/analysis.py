@@ -118,7 +118,7 @@ def param_importance(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
             )
             or 0
         )
-        optuna_name = study.optuna_name
+        uid, optuna_study_id = study.uid, study.optuna_study_id
         searched = len(spec_of(study).space)
     if complete < MIN_TRIALS_FOR_IMPORTANCE or searched < 1:
         return {
@@ -131,7 +131,7 @@ def param_importance(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
         "ready": True,
         "complete": complete,
         "needed": MIN_TRIALS_FOR_IMPORTANCE,
-        "importances": _importances(ctx.url, optuna_name, complete),
+        "importances": _importances(ctx.url, uid, optuna_study_id, complete),
     }
 
 
@@ -189,8 +189,9 @@ def shutdown() -> None:
 
 
 @lru_cache(maxsize=64)
-def _importances(url: str, optuna_name: str, complete: int) -> dict[str, float]:
-    return _analyst.run(_compute_importances, url, optuna_name)
+def _importances(url: str, uid: str, optuna_study_id: int, complete: int) -> dict[str, float]:
+    # Keyed by the uid too: on SQLite a deleted study's Optuna id is handed to the next one.
+    return _analyst.run(_compute_importances, url, optuna_study_id)
 
 
 def _exit_with_parent() -> None:
@@ -205,9 +206,9 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _compute_importances(url: str, optuna_name: str) -> dict[str, float]:
+def _compute_importances(url: str, optuna_study_id: int) -> dict[str, float]:
     """Runs in the importance process."""
-    study = optuna_bridge.load_study(url, optuna_name)
+    study = optuna_bridge.load_study(url, optuna_study_id)
     try:
         result = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()

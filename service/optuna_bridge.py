@@ -1,5 +1,10 @@
 """Everything the service asks of Optuna: its RDB storage, samplers, pruners, ask and tell.
 
+Each of our studies has one Optuna study, found by Optuna's study id (``hps_studies.
+optuna_study_id``), never by its name: the name is for people. It is ``<our name>#<our id>``
+(``digits-bn-clip#12``, see ``optuna_study_name``), so that ``optuna.load_study``, optuna-dashboard
+and ``optuna studies`` show which study is which; renaming an Optuna study breaks nothing here.
+
 No API process holds state that another would need: samplers and pruners are built from the
 study's spec, and a random or TPE sampler is seeded with (seed, trial number), so a seeded study
 samples the same values whichever process serves which trial. What a process keeps is only a
@@ -28,7 +33,10 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.study import StudyDirection
 from optuna.trial import TrialState as OptunaState
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from service.db.session import connect_args
 from service.spec import Categorical, FloatRange, PrunerSpec, SamplerSpec, StudySpec
@@ -144,55 +152,118 @@ def build_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def create_study(url: str, optuna_name: str, spec: StudySpec) -> None:
-    """Create the Optuna study that will hold this study's trials, named after ours in its user
-    attributes for tools that read Optuna's storage directly (optuna-dashboard)."""
-    study = optuna.create_study(
-        storage=cached_storage(url),
-        study_name=optuna_name,
-        direction=spec.objective.resolved_direction,
+def optuna_study_name(name: str, study_id: int) -> str:
+    """The name of our study ``study_id`` in Optuna's storage: ``<name>#<id>``, e.g.
+    ``digits-bn-clip#12``. Unique: our ids are, and a study name cannot hold ``#``."""
+    return f"{name}#{study_id}"
+
+
+def create_study(url: str, spec: StudySpec, uid: str) -> int:
+    """Create the Optuna study that will hold this study's trials; its Optuna study id.
+
+    It is named ``uid`` (``hpsearch-<hex>``, unique even among deleted studies) until
+    ``name_study`` gives it its name in the transaction that records our study: our id is not
+    known before. Its user attributes name our study for tools that read Optuna's storage.
+    """
+    storage = cached_storage(url)
+    direction = (
+        StudyDirection.MAXIMIZE
+        if spec.objective.resolved_direction == "maximize"
+        else StudyDirection.MINIMIZE
     )
-    study.set_user_attr("hpsearch_study", spec.name)
-    study.set_user_attr("objective", spec.objective.metric)
+    optuna_study_id = storage.create_new_study([direction], study_name=uid)
+    storage.set_study_user_attr(optuna_study_id, "hpsearch_study", spec.name)
+    storage.set_study_user_attr(optuna_study_id, "objective", spec.objective.metric)
+    return optuna_study_id
+
+
+class OptunaNameTakenError(Exception):
+    """Another Optuna study (one made outside this service) holds the name ours would get."""
+
+    def __init__(self, name: str, holder: int) -> None:
+        super().__init__(f"Optuna study {holder} in the same storage is already named {name!r}")
+        self.name, self.holder = name, holder
+
+
+def name_study(session: Session, optuna_study_id: int, name: str) -> None:
+    """Rename the Optuna study, in ``session``'s transaction (so that the name changes with the
+    row of ours it names, or not at all).
+
+    Optuna has no call that renames a study: its ``studies.study_name`` column is the one thing
+    of Optuna's written with SQL here. Optuna's cached storage may keep the name a study had;
+    this module never reads that cache's names (``_load`` asks the database). Raises
+    ``OptunaNameTakenError`` when another Optuna study in the storage holds ``name``.
+    """
+    holder = session.scalar(
+        text("SELECT study_id FROM studies WHERE study_name = :name"), {"name": name}
+    )
+    if holder is not None and holder != optuna_study_id:
+        raise OptunaNameTakenError(name, holder)
+    session.execute(
+        text("UPDATE studies SET study_name = :name WHERE study_id = :id"),
+        {"name": name, "id": optuna_study_id},
+    )
+
+
+def _load(
+    url: str,
+    optuna_study_id: int,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """``optuna.load_study`` by Optuna's study id. Optuna finds a study by name only: its
+    current name is read first, from the database (the cached storage would answer with the
+    name the study had when this process first saw it). KeyError when the study is gone."""
+    for _ in range(3):
+        name = optuna_storage(url).get_study_name_from_id(optuna_study_id)
+        try:
+            return optuna.load_study(
+                study_name=name, storage=cached_storage(url), sampler=sampler, pruner=pruner
+            )
+        except KeyError:  # renamed between the two reads: read its new name
+            continue
+    raise KeyError(f"Optuna study {optuna_study_id} keeps changing its name")
 
 
 _STUDIES_PER_THREAD = 32
 _local = threading.local()
 
 
-def load_study(url: str, optuna_name: str, spec: StudySpec | None = None) -> optuna.Study:
+def load_study(url: str, optuna_study_id: int, spec: StudySpec | None = None) -> optuna.Study:
     """The Optuna study, with this spec's sampler and pruner when it will ask or prune (reading
     and telling need neither).
 
     With a spec, the study object is kept per thread and reused: building it costs a query
     (and a sampler); the per-trial state of a seeded sampler must not be shared between threads.
+    A kept study is reused only with the spec it was built for: on SQLite a deleted study's
+    Optuna id is handed to the next one.
     """
     if spec is None:
-        return optuna.load_study(study_name=optuna_name, storage=cached_storage(url))
-    studies: OrderedDict[tuple[str, str], optuna.Study] = _local.__dict__.setdefault(
-        "studies", OrderedDict()
+        return _load(url, optuna_study_id)
+    studies: OrderedDict[tuple[str, int], tuple[StudySpec, optuna.Study]] = (
+        _local.__dict__.setdefault("studies", OrderedDict())
     )
-    key = (url, optuna_name)
-    study = studies.get(key)
-    if study is None:
-        study = optuna.load_study(
-            study_name=optuna_name,
-            storage=cached_storage(url),
+    key = (url, optuna_study_id)
+    kept = studies.get(key)
+    if kept is None or (kept[0] is not spec and kept[0] != spec):
+        study = _load(
+            url,
+            optuna_study_id,
             sampler=build_sampler(spec.sampler),
             pruner=build_pruner(spec.pruner, spec.n_epochs),
         )
-        studies[key] = study
+        studies[key] = (spec, study)
         if len(studies) > _STUDIES_PER_THREAD:
             studies.popitem(last=False)
-    else:
-        studies.move_to_end(key)
-    return study
+        return study
+    studies.move_to_end(key)
+    return kept[1]
 
 
-def delete_study(url: str, optuna_name: str) -> None:
+def delete_study(url: str, optuna_study_id: int) -> None:
     """Remove the Optuna study and its trials (a no-op when it is already gone)."""
     with contextlib.suppress(KeyError):
-        optuna.delete_study(study_name=optuna_name, storage=cached_storage(url))
+        cached_storage(url).delete_study(optuna_study_id)
 
 
 def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Any]]:
@@ -239,7 +310,7 @@ def _as_read(study: optuna.Study, trials: list[Any]) -> optuna.Study:
     return view
 
 
-def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | None) -> None:
+def tell(url: str, optuna_study_id: int, trial_id: int, state: str, value: float | None) -> None:
     """Finish the Optuna trial (idempotent: a finished trial is left as it is).
 
     ``complete`` with a value -> COMPLETE; ``pruned`` -> PRUNED with the last epoch's value (as
@@ -263,9 +334,9 @@ def tell(url: str, optuna_name: str, trial_id: int, state: str, value: float | N
         cached_storage(url).set_trial_state_values(trial_id, optuna_state, values)
 
 
-def running_trials(url: str, optuna_name: str) -> list[tuple[int, float, dict[str, Any]]]:
+def running_trials(url: str, optuna_study_id: int) -> list[tuple[int, float, dict[str, Any]]]:
     """Optuna's running trials of a study: (trial id, seconds since it started, params)."""
-    study = load_study(url, optuna_name)
+    study = load_study(url, optuna_study_id)
     now = datetime.now()  # Optuna stamps trials with naive local time
     return [
         (t._trial_id, (now - (t.datetime_start or now)).total_seconds(), dict(t.params))

@@ -48,20 +48,20 @@ _SPECS_LOCK = threading.Lock()
 
 def spec_of(study: Study) -> StudySpec:
     """The validated spec stored with a study."""
-    return _spec(study.optuna_name, study.spec)
+    return _spec(study.uid, study.spec)
 
 
-def _spec(optuna_name: str, stored: dict[str, Any]) -> StudySpec:
+def _spec(uid: str, stored: dict[str, Any]) -> StudySpec:
     """A stored spec never changes: it is validated once per process, keyed by the study's
-    Optuna name (unique, even across deleted studies)."""
+    uid (unique, even across deleted studies)."""
     with _SPECS_LOCK:
-        spec = _SPECS.get(optuna_name)
+        spec = _SPECS.get(uid)
         if spec is not None:
-            _SPECS.move_to_end(optuna_name)
+            _SPECS.move_to_end(uid)
             return spec
     spec = StudySpec.model_validate(stored)
     with _SPECS_LOCK:
-        _SPECS[optuna_name] = spec
+        _SPECS[uid] = spec
         if len(_SPECS) > 256:
             _SPECS.popitem(last=False)
     return spec
@@ -250,8 +250,8 @@ def _new_trial(
             return None
         if study.deadline_at is not None and study.deadline_at <= now:
             return None
-        spec, optuna_name = spec_of(study), study.optuna_name
-    optuna_study = optuna_bridge.load_study(ctx.url, optuna_name, spec)
+        spec, optuna_study_id = spec_of(study), study.optuna_study_id
+    optuna_study = optuna_bridge.load_study(ctx.url, optuna_study_id, spec)
     trial_id, sampled = optuna_bridge.ask(optuna_study, spec)
     with unit_of_work(ctx.sessions) as s:
         current = _lock_worker(s, worker_id, now)
@@ -298,7 +298,7 @@ def _new_trial(
             surplus = None
     # Another worker took the last slot between our look and our ask: this Optuna trial is
     # surplus, and is failed so that samplers skip it.
-    optuna_bridge.tell(ctx.url, optuna_name, trial_id, "failed", None)
+    optuna_bridge.tell(ctx.url, optuna_study_id, trial_id, "failed", None)
     return surplus
 
 
@@ -378,7 +378,8 @@ def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> Re
                 Trial.study_id,
                 Study.name.label("study_name"),
                 Study.status,
-                Study.optuna_name,
+                Study.uid,
+                Study.optuna_study_id,
                 Study.spec,
                 seen.c.should_stop,
                 seen.c.stop_reason,
@@ -408,9 +409,9 @@ def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> Re
     )
     if row.seen_epoch is not None:
         return ReportAnswer(should_stop=row.should_stop, reason=row.stop_reason)
-    spec = _spec(row.optuna_name, row.spec)
+    spec = _spec(row.uid, row.spec)
     value = float(report.metrics[spec.objective.metric])
-    optuna_study = optuna_bridge.load_study(ctx.url, row.optuna_name, spec)
+    optuna_study = optuna_bridge.load_study(ctx.url, row.optuna_study_id, spec)
     prune = optuna_bridge.report(optuna_study, trial_id, report.epoch, value)
     reason = None
     if row.status not in ACTIVE:
@@ -506,7 +507,7 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
             .where(Worker.id == tell.worker_id)
             .values(trials_finished=Worker.trials_finished + 1, last_seen=now)
         )
-        study_id, name, optuna_name = study.id, study.name, study.optuna_name
+        study_id, name, optuna_study_id = study.id, study.name, study.optuna_study_id
     log.info(
         "trial finished",
         extra={
@@ -517,24 +518,24 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
             "worker": tell.worker_id,
         },
     )
-    finalize_in_optuna(ctx, trial_id, (optuna_name, state, value))
+    finalize_in_optuna(ctx, trial_id, (optuna_study_id, state, value))
     update_study_status(ctx, study_id)
     return trial
 
 
 def finalize_in_optuna(
-    ctx: ServiceContext, trial_id: int, known: tuple[str, str, float | None] | None = None
+    ctx: ServiceContext, trial_id: int, known: tuple[int, str, float | None] | None = None
 ) -> None:
     """Write a finished trial's state into Optuna, then mark it synced (idempotent).
-    ``known``: (Optuna study name, state, value) when the caller has just stored them."""
+    ``known``: (Optuna study id, state, value) when the caller has just stored them."""
     if known is None:
         with ctx.sessions() as s:
             trial = s.get(Trial, trial_id)
             if trial is None or trial.optuna_synced or trial.state == "running":
                 return
-            known = (s.get_one(Study, trial.study_id).optuna_name, trial.state, trial.value)
-    optuna_name, state, value = known
-    optuna_bridge.tell(ctx.url, optuna_name, trial_id, state, value)
+            known = (s.get_one(Study, trial.study_id).optuna_study_id, trial.state, trial.value)
+    optuna_study_id, state, value = known
+    optuna_bridge.tell(ctx.url, optuna_study_id, trial_id, state, value)
     with unit_of_work(ctx.sessions) as s:
         s.execute(update(Trial).where(Trial.id == trial_id).values(optuna_synced=True))
 
@@ -598,17 +599,19 @@ def reap(ctx: ServiceContext) -> None:
     with ctx.sessions() as s:
         unsynced = list(s.scalars(select(Trial.id).where(Trial.optuna_synced.is_(False))))
         active = list(
-            s.execute(select(Study.id, Study.optuna_name).where(Study.status.in_(ACTIVE))).tuples()
+            s.execute(
+                select(Study.id, Study.optuna_study_id).where(Study.status.in_(ACTIVE))
+            ).tuples()
         )
     for trial_id in unsynced:
         finalize_in_optuna(ctx, trial_id)
-    for study_id, optuna_name in active:
-        _adopt_orphans(ctx, study_id, optuna_name)
+    for study_id, optuna_study_id in active:
+        _adopt_orphans(ctx, study_id, optuna_study_id)
         update_study_status(ctx, study_id)
 
 
-def _adopt_orphans(ctx: ServiceContext, study_id: int, optuna_name: str) -> None:
-    running = optuna_bridge.running_trials(ctx.url, optuna_name)
+def _adopt_orphans(ctx: ServiceContext, study_id: int, optuna_study_id: int) -> None:
+    running = optuna_bridge.running_trials(ctx.url, optuna_study_id)
     if not running:
         return
     ids = [trial_id for trial_id, _, _ in running]
@@ -640,4 +643,4 @@ def _adopt_orphans(ctx: ServiceContext, study_id: int, optuna_name: str) -> None
                     )
                 )
                 continue
-        optuna_bridge.tell(ctx.url, optuna_name, trial_id, "failed", None)
+        optuna_bridge.tell(ctx.url, optuna_study_id, trial_id, "failed", None)

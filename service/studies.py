@@ -58,14 +58,15 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
     with ctx.sessions() as s:
         if s.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
             raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
-    optuna_name = f"hpsearch-{uuid.uuid4().hex}"
-    optuna_bridge.create_study(ctx.url, optuna_name, spec)
+    uid = f"hpsearch-{uuid.uuid4().hex}"
+    optuna_study_id = optuna_bridge.create_study(ctx.url, spec, uid)
     now = utcnow()
     try:
         with unit_of_work(ctx.sessions) as s:
             study = Study(
                 name=spec.name,
-                optuna_name=optuna_name,
+                uid=uid,
+                optuna_study_id=optuna_study_id,
                 status="queued",
                 spec=spec.model_dump(mode="json", exclude_none=True),
                 n_trials=spec.n_trials,
@@ -78,9 +79,17 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
             s.add(study)
             s.flush()
             study_id = study.id
+            # Named with our id, in the transaction that records the study: both or neither.
+            optuna_name = optuna_bridge.optuna_study_name(spec.name, study_id)
+            optuna_bridge.name_study(s, optuna_study_id, optuna_name)
     except IntegrityError:
-        optuna_bridge.delete_study(ctx.url, optuna_name)
+        optuna_bridge.delete_study(ctx.url, optuna_study_id)
         raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists") from None
+    except optuna_bridge.OptunaNameTakenError as exc:
+        optuna_bridge.delete_study(ctx.url, optuna_study_id)
+        raise AlreadyExistsError(
+            "name", f"{exc}, made outside this service: rename or delete it there"
+        ) from None
     log.info("study created", extra={"study": spec.name, "n_trials": spec.n_trials})
     return get_study(ctx, study_id)
 
@@ -215,12 +224,15 @@ def delete_study(ctx: ServiceContext, study_id: int) -> None:
     """Delete the study, its trials and Optuna's copy. Workers on its trials get 404."""
     with unit_of_work(ctx.sessions) as s:
         study = _study(s, study_id)
-        optuna_name, name = study.optuna_name, study.name
+        optuna_study_id, name = study.optuna_study_id, study.name
+        # Should the Optuna study outlive our row (a crash right after this commit), it is left
+        # under the uid, never under a name that a new study of the same id would want.
+        optuna_bridge.name_study(s, optuna_study_id, study.uid)
         trial_ids = select(Trial.id).where(Trial.study_id == study_id)
         s.execute(delete(TrialEpoch).where(TrialEpoch.trial_id.in_(trial_ids)))
         s.execute(delete(Trial).where(Trial.study_id == study_id))
         s.execute(delete(Study).where(Study.id == study_id))
-    optuna_bridge.delete_study(ctx.url, optuna_name)
+    optuna_bridge.delete_study(ctx.url, optuna_study_id)
     log.info("study deleted", extra={"study": name})
 
 

@@ -45,13 +45,20 @@ class Base(DeclarativeBase):
 
 
 class Study(Base):
-    """A study: its spec, status and budget. Optuna's study of the same id holds the trials."""
+    """A study: its spec, status and budget. Its Optuna study (``optuna_study_id``) holds the
+    trials; Optuna names it ``<name>#<id>`` (``optuna_bridge.optuna_study_name``)."""
 
     __tablename__ = "hps_studies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    optuna_name: Mapped[str] = mapped_column(String(255), unique=True)
+    # ``hpsearch-<hex>``: no other study, even a deleted one, ever had it (SQLite hands a deleted
+    # study's id, and Optuna's, to the next study), so caches that outlive a request key on it.
+    # Before migration 0004 it was the Optuna study's name; a new Optuna study bears it until
+    # our row exists, and a deleted one from then on.
+    uid: Mapped[str] = mapped_column(String(255), unique=True)
+    # The link to Optuna's study: by id, so that renaming the Optuna study breaks nothing.
+    optuna_study_id: Mapped[int] = mapped_column(Integer, unique=True)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     status_reason: Mapped[str | None] = mapped_column(Text, default=None)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)

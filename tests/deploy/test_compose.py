@@ -238,7 +238,7 @@ def check_exactly(deployment: Deployment, http: httpx.Client, study_id: int, n: 
     assert ours == f"{n}|{n}", ours
     optuna = deployment.psql(
         "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-        f"JOIN hps_studies h ON h.optuna_name = s.study_name "
+        f"JOIN hps_studies h ON h.optuna_study_id = s.study_id "
         f"WHERE h.id = {study_id} AND t.state = 'COMPLETE'"
     )
     assert optuna == str(n), optuna

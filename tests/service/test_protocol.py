@@ -345,20 +345,13 @@ def test_an_optuna_trial_orphaned_by_an_api_crash_is_adopted_and_run(api) -> Non
     """A crash between Optuna's ask and our record leaves a running Optuna trial we never
     handed out: the reaper adopts it once it is older than a lease, and a worker runs it."""
     import optuna
-    import sqlalchemy
 
     from service.optuna_bridge import distributions
     from service.spec import StudySpec
 
     s = create(api, "orphan", n_trials=2)
-    engine = sqlalchemy.create_engine(api.database_url)
-    with engine.connect() as c:
-        optuna_name = c.execute(
-            sqlalchemy.text("SELECT optuna_name FROM hps_studies WHERE id = :id"), {"id": s["id"]}
-        ).scalar_one()
-    engine.dispose()
     storage = optuna.storages.RDBStorage(api.database_url)
-    orphan = optuna.load_study(study_name=optuna_name, storage=storage).ask(
+    orphan = optuna.load_study(study_name=f"orphan#{s['id']}", storage=storage).ask(
         distributions(StudySpec.model_validate(s["spec"]))
     )
     wait_for(
