@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Two images from one file (docker-compose.yml builds both):
-#   api:    the service only (FastAPI, SQLAlchemy, Optuna, plotly.js for the dashboard); no TensorFlow
+#   api:    the service only (FastAPI, SQLAlchemy, Optuna, plotly.js for the dashboard, Swagger UI for /docs); no TensorFlow
 #   worker: the trainer only (TensorFlow CPU, Keras, the bundled datasets); no FastAPI, no Optuna
 # GPU workers: build the worker target with --build-arg TENSORFLOW="tensorflow[and-cuda]==2.21.0"
 # (run it with the NVIDIA container toolkit: `--gpus all`, or `deploy.resources` in compose).
