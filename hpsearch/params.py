@@ -7,6 +7,7 @@ that reach outside these ranges) and the trainer (which builds and trains the mo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -70,7 +71,41 @@ class TrialParams(BaseModel):
         return self
 
 
-PARAMETER_NAMES: tuple[str, ...] = tuple(TrialParams.model_fields)
+@dataclass(frozen=True)
+class LayerStack:
+    """A list parameter of the network (one size per layer) that can also be given, and
+    searched, as two integers: one ``size`` for every layer and their ``count``.
+
+    ``expand_layers`` turns the two into the list, for the service's checks and the trainer
+    alike. Whichever of the two is not given comes from the list (the default when none is
+    given): its first entry is the size, its length the count.
+    """
+
+    sizes: str  # the list parameter: hidden_units
+    count: str  # how many layers: hidden_layers
+    network: str  # what the layers make up, for messages: "MLP"
+    layer: str  # one layer, for messages: "hidden layer"
+    unit: str  # what a size counts, for messages: "units"
+
+
+LAYER_STACKS: tuple[LayerStack, ...] = (
+    LayerStack("hidden_units", "hidden_layers", "MLP", "hidden layer", "units"),
+    LayerStack("conv_filters", "conv_blocks", "CNN", "conv block", "filters"),
+)
+_STACK_OF_SIZES = {stack.sizes: stack for stack in LAYER_STACKS}
+
+
+def _parameter_names() -> tuple[str, ...]:
+    names: list[str] = []
+    for name in TrialParams.model_fields:
+        names.append(name)
+        if name in _STACK_OF_SIZES:
+            names.append(_STACK_OF_SIZES[name].count)
+    return tuple(names)
+
+
+# TrialParams' fields, each layer list followed by its layer count (``hidden_layers``).
+PARAMETER_NAMES: tuple[str, ...] = _parameter_names()
 
 
 @dataclass(frozen=True)
@@ -109,6 +144,9 @@ class Domain:
             f"{'[' if self.low_inclusive else '('}{lo}, {hi}{']' if self.high_inclusive else ')'}"
         )
         if self.kind == "int_list":
+            if self.name in _STACK_OF_SIZES:
+                every = _STACK_OF_SIZES[self.name].layer
+                return f"a list of integers in {interval}, or one such integer for every {every}"
             return f"a list of integers in {interval}"
         return f"{'a float' if self.kind == 'float' else 'an integer'} in {interval}"
 
@@ -127,7 +165,21 @@ def _bounds(metadata: list[Any]) -> dict[str, Any]:
     return out
 
 
+def _count_domain(stack: LayerStack) -> Domain:
+    """How many layers a list parameter may hold, read off its length bounds."""
+    low, high = 0, None
+    for meta in TrialParams.model_fields[stack.sizes].metadata:
+        if isinstance(meta, annotated_types.MinLen):
+            low = meta.min_length
+        elif isinstance(meta, annotated_types.MaxLen):
+            high = meta.max_length
+    return Domain(stack.count, "int", low=low, high=high)
+
+
 def _domain_of(name: str) -> Domain:
+    counted = next((s for s in LAYER_STACKS if s.count == name), None)
+    if counted is not None:
+        return _count_domain(counted)
     info = TrialParams.model_fields[name]
     annotation = info.annotation
     optional = False
@@ -157,6 +209,113 @@ def parameter_domain(name: str) -> Domain:
     return _DOMAINS[name]
 
 
+def search_domain(name: str) -> Domain:
+    """What a numeric search over parameter ``name`` samples from: its own domain, except for a
+    layer list (``hidden_units``), whose search samples one size for every layer: an integer in
+    the range of the list's items."""
+    domain = _DOMAINS[name]
+    if domain.kind != "int_list":
+        return domain
+    return Domain(
+        name,
+        "int",
+        low=domain.low,
+        high=domain.high,
+        low_inclusive=domain.low_inclusive,
+        high_inclusive=domain.high_inclusive,
+    )
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an integer when it is one (integral floats included, as JSON and samplers
+    give them), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _expand(values: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], list[FieldError]]:
+    """``expand_layers`` that returns its errors instead of raising them; a stack in error is
+    left out of the values, so that the rest can still be checked."""
+    out = dict(values)
+    errors: list[FieldError] = []
+    for stack in LAYER_STACKS:
+        sizes = out.get(stack.sizes)
+        one_size = stack.sizes in out and not isinstance(sizes, list)
+        if stack.count not in out and not one_size:
+            continue  # a list, or nothing: as it is
+        # The list that gives whichever half is not given: the one given, else the default.
+        listed: list[Any] = (
+            sizes
+            if isinstance(sizes, list)
+            else list(TrialParams.model_fields[stack.sizes].get_default(call_default_factory=True))
+        )
+        problems: list[FieldError] = []
+        count_domain = _DOMAINS[stack.count]
+        n = _integer(out.pop(stack.count)) if stack.count in out else len(listed)
+        if n is None or not count_domain.contains(n):
+            given = values[stack.count]
+            problems.append(
+                FieldError(
+                    prefix + stack.count, f"must be {count_domain.describe()}, got {given!r}"
+                )
+            )
+        size_domain, where = search_domain(stack.sizes), prefix + stack.sizes
+        if one_size:
+            width = _integer(sizes)
+            if width is None:
+                problems.append(
+                    FieldError(where, f"must be {_DOMAINS[stack.sizes].describe()}, got {sizes!r}")
+                )
+        elif listed:
+            width, where = _integer(listed[0]), where + ".0"
+            if width is None and n != 0:
+                problems.append(
+                    FieldError(where, f"must be {size_domain.describe()}, got {listed[0]!r}")
+                )
+        else:
+            width = None
+            if n != 0:
+                problems.append(
+                    FieldError(
+                        where,
+                        f"an empty list gives the {stack.layer}s no {stack.unit}: give "
+                        f"{stack.sizes} as one integer (the {stack.unit} of every {stack.layer}) "
+                        "or as a list",
+                    )
+                )
+        if width is not None and n != 0 and not size_domain.contains(width):
+            problems.append(FieldError(where, f"must be {size_domain.describe()}, got {width!r}"))
+        if problems:
+            out.pop(stack.sizes, None)
+            errors += problems
+        else:
+            out[stack.sizes] = [width] * (n or 0)
+    return out, errors
+
+
+def expand_layers(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The trainer's layer lists from their two-integer form, the one place where that rule
+    lives: ``{"hidden_units": 64, "hidden_layers": 3}`` -> ``{"hidden_units": [64, 64, 64]}``
+    (and ``conv_filters``/``conv_blocks`` alike).
+
+    Whenever a stack's count is given or its sizes are one integer, every layer gets the same
+    size; whichever of the two is not given comes from the ``hidden_units`` list (the default
+    ``[300, 100]`` when none is given): its first entry is the size, its length the count. So
+    ``{"hidden_units": [300, 100], "hidden_layers": 3}`` -> ``[300, 300, 300]`` and
+    ``{"hidden_units": 64}`` -> ``[64, 64]``. A list without a count is left as it is. Raises
+    ``InvalidSpecError`` naming the field at fault.
+    """
+    out, errors = _expand(values, prefix)
+    if errors:
+        raise InvalidSpecError(errors)
+    return out
+
+
 def _describe(name: str | None) -> str:
     if name is None:
         return ", ".join(PARAMETER_NAMES)
@@ -167,14 +326,16 @@ def validate_params(values: dict[str, Any], prefix: str = "") -> TrialParams:
     """Build ``TrialParams`` from plain values, or raise ``InvalidSpecError`` naming each bad field.
 
     Integral floats for integer parameters (``64.0``, as JSON or a sampler may give them) are taken
-    as integers; any other type mismatch is an error.
+    as integers; any other type mismatch is an error. Layer lists given as two integers
+    (``hidden_units`` and ``hidden_layers``) are expanded first (``expand_layers``).
     """
     if not isinstance(values, dict):
         raise InvalidSpecError(
             [FieldError(prefix.rstrip(".") or "params", "must be a JSON object")]
         )
-    coerced = dict(values)
-    for name, value in values.items():
+    expanded, errors = _expand(values, prefix)
+    coerced = dict(expanded)
+    for name, value in expanded.items():
         domain = _DOMAINS.get(name)
         if domain and domain.kind == "int" and isinstance(value, float) and value.is_integer():
             coerced[name] = int(value)
@@ -186,9 +347,14 @@ def validate_params(values: dict[str, Any], prefix: str = "") -> TrialParams:
         ):
             coerced[name] = float(value)
     try:
-        return TrialParams.model_validate(coerced)
+        params = TrialParams.model_validate(coerced)
     except ValidationError as exc:
-        raise InvalidSpecError(field_errors_from_pydantic(exc, _describe, prefix)) from None
+        raise InvalidSpecError(
+            [*errors, *field_errors_from_pydantic(exc, _describe, prefix)]
+        ) from None
+    if errors:
+        raise InvalidSpecError(errors)
+    return params
 
 
 def count_weights(params: TrialParams, input_shape: tuple[int, ...], n_classes: int) -> int:

@@ -1,24 +1,38 @@
 """The study spec a user submits, and every check it must pass before a study exists.
 
 Checks against the trainer's accepted ranges read the shared contract (``hpsearch.params``), so
-the service never imports the trainer.
+the service never imports the trainer. A bad spec is refused once, with every problem it has,
+whichever check finds it: each stage runs on what the earlier ones left usable and skips only
+what depends on a part found broken (a malformed dataset leaves its shape unknown, so the
+model-size check is skipped; the search space is still checked).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import itertools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError, field_validator
 
 from hpsearch.datasets import validate_dataset
 from hpsearch.errors import FieldError, InvalidSpecError, field_errors_from_pydantic
-from hpsearch.params import PARAMETER_NAMES, count_weights, parameter_domain, validate_params
+from hpsearch.params import (
+    LAYER_STACKS,
+    PARAMETER_NAMES,
+    LayerStack,
+    count_weights,
+    search_domain,
+    validate_params,
+)
 from hpsearch.results import Direction, ObjectiveMetric
 
 MODEL_PARAMS = (
     "architecture",
     "hidden_units",
+    "hidden_layers",
     "conv_filters",
+    "conv_blocks",
     "kernel_size",
     "activation",
     "initializer",
@@ -37,6 +51,19 @@ TRAINING_PARAMS = (
     "batch_size",
 )
 assert set(MODEL_PARAMS) | set(TRAINING_PARAMS) == set(PARAMETER_NAMES)
+# What the model's size depends on: the model-size limit is checked over their corners.
+SIZE_PARAMS = (
+    "architecture",
+    "hidden_units",
+    "hidden_layers",
+    "conv_filters",
+    "conv_blocks",
+    "kernel_size",
+    "batch_norm",
+    "input_batch_norm",
+)
+# (one example's shape, number of classes)
+DatasetShape = tuple[tuple[int, ...], int]
 
 # The mission's four hyperparameters (and the clipping mode), searched when no space is given.
 DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
@@ -135,11 +162,18 @@ class StudySpec(_Strict):
         return {k: _SEARCH_PARAM.validate_python(v) for k, v in DEFAULT_SEARCH_SPACE.items()}
 
     @property
-    def fixed_params(self) -> dict[str, Any]:
-        """The trainer parameters fixed in ``model`` and ``training``."""
+    def given_fixed(self) -> dict[str, Any]:
+        """The trainer parameters fixed in ``model`` and ``training``, as written."""
         fixed = {**self.model, **self.training}
         fixed.pop("epochs", None)
         return fixed
+
+    @property
+    def fixed_params(self) -> dict[str, Any]:
+        """The fixed parameters as every trial gets them (its sampled values added): as
+        written, except that a layer list whose size is searched gives only its length
+        (``hidden_layers``), the half of it that the search does not sample."""
+        return _trial_fixed(self.given_fixed, self.space)
 
     @property
     def n_epochs(self) -> int:
@@ -147,59 +181,178 @@ class StudySpec(_Strict):
         return int(self.training.get("epochs", self.epochs or 5))
 
 
+if TYPE_CHECKING:
+    StudySpecBody = Any
+else:
+    # The body of ``POST /api/v1/studies``: documented as a StudySpec, handed over as it was
+    # sent, so that ``parse_study_spec`` answers every problem at once (FastAPI's own
+    # validation would answer the spec's shape alone, and stop there).
+    StudySpecBody = SkipValidation[StudySpec]
+
 from pydantic import TypeAdapter  # noqa: E402  (after SearchParam is defined)
 
 _SEARCH_PARAM: TypeAdapter[SearchParam] = TypeAdapter(SearchParam)
 
+_STACK_OF: dict[str, LayerStack] = {n: s for s in LAYER_STACKS for n in (s.sizes, s.count)}
+# A search of each stack that the help below shows: (size low, size high, count low, count high).
+_STACK_EXAMPLES = {"hidden_units": (32, 512, 1, 4), "conv_filters": (16, 128, 1, 3)}
+# Where pydantic's locations name a union's member rather than a field of the spec.
+_SEARCH_TAGS = {"float", "int", "categorical"}
+_CHOICE_TAGS = {"str", "bool", "int", "float"}
+# Stand-ins for required fields set aside, so that the rest of the spec can be checked.
+_STAND_INS: dict[str, Any] = {"name": "set-aside", "dataset": {}, "n_trials": 1}
 
-def parse_study_spec(raw: Any, max_trials: int, max_epochs: int) -> StudySpec:
-    """Validate a submitted spec completely, or raise ``InvalidSpecError`` listing every problem."""
+
+def layer_search_help(stack: LayerStack) -> str:
+    """The one answer to every way of searching a layer stack but the one that works."""
+    low, high, fewest, most = _STACK_EXAMPLES[stack.sizes]
+    return (
+        f"search the {stack.network}'s {stack.layer}s as two integers: "
+        f'"{stack.sizes}": {{"type": "int", "low": {low}, "high": {high}, "log": true}} is the '
+        f"{stack.unit} of every {stack.layer}, and "
+        f'"{stack.count}": {{"type": "int", "low": {fewest}, "high": {most}}} how many there '
+        f"are; the one not searched comes from model.{stack.sizes} (its first entry, or its "
+        f"length). A list of {stack.unit} per {stack.layer} is fixed in model.{stack.sizes}, "
+        "not searched"
+    )
+
+
+def parse_study_spec(
+    raw: Any,
+    max_trials: int,
+    max_epochs: int,
+    max_weights: int | None = None,
+    uploaded_shape: Callable[[str], DatasetShape | None] | None = None,
+) -> StudySpec:
+    """Validate a submitted spec completely, or raise ``InvalidSpecError`` listing every problem,
+    whichever stage finds it: its shape, the trainer's ranges, the budget, the dataset, the
+    combinations of fixed and searched values, and what the dataset's shape tells (a cnn needs
+    images; the largest model must have at most ``max_weights`` weights, when given).
+
+    ``uploaded_shape(id)`` gives an uploaded dataset's shape (``None``: no such dataset); without
+    it, the checks that need an uploaded dataset's shape are not made.
+    """
     if not isinstance(raw, dict):
         raise InvalidSpecError([FieldError("(body)", "must be a JSON object")])
-    try:
-        spec = StudySpec.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidSpecError(field_errors_from_pydantic(exc)) from None
-    errors: list[FieldError] = []
-    errors += _check_sections(spec)
-    errors += _check_search_space(spec)
-    if spec.n_trials > max_trials:
-        errors.append(
-            FieldError(
-                "n_trials",
-                f"at most {max_trials} (configured maximum, HPSEARCH_MAX_TRIALS), "
-                f"got {spec.n_trials}",
-            )
-        )
-    epochs = spec.training.get("epochs", spec.epochs)
-    if epochs is not None and (
-        not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= max_epochs
-    ):
-        errors.append(
-            FieldError(
-                "training.epochs",
-                f"must be an integer in [1, {max_epochs}] (HPSEARCH_MAX_EPOCHS), got {epochs!r}",
-            )
-        )
-    if "epochs" in spec.training and spec.epochs is not None:
-        errors.append(FieldError("epochs", "given both here and as training.epochs"))
-    try:
-        dataset = validate_dataset(spec.dataset)
-        if dataset.path is not None:
-            errors.append(
-                FieldError(
-                    "dataset.path",
-                    "files are not read by path through the API: name a built-in dataset, "
-                    "or upload the file and give its id",
-                )
-            )
-    except InvalidSpecError as exc:
-        errors += exc.errors
-    if not errors:
-        errors += _check_combinations(spec)
+    spec, errors, broken = _parse_structure(raw)
+    if spec is None:
+        raise InvalidSpecError(_unique(errors))
+    for check in (_check_sections, _check_search_space):
+        found = check(spec)
+        errors += found
+        broken |= _parameters_at_fault(found)
+    errors += _check_budget(spec, max_trials, max_epochs, broken)
+    found, shape = _check_dataset(spec, broken, uploaded_shape)
+    errors += found
+    fixed, space = _usable(spec, broken)
+    errors += _check_combinations(spec, fixed, space, broken)
+    if shape is not None:
+        errors += _check_for_dataset(spec, fixed, space, broken, shape, max_weights)
     if errors:
-        raise InvalidSpecError(errors)
+        raise InvalidSpecError(_unique(errors))
     return spec
+
+
+def _unique(errors: list[FieldError]) -> list[FieldError]:
+    return list(dict.fromkeys(errors))
+
+
+# -- stage 1: the spec's shape --------------------------------------------------------------
+
+
+def _parse_structure(raw: dict[str, Any]) -> tuple[StudySpec | None, list[FieldError], set[str]]:
+    """The spec's shape (pydantic) with every error in it, and what those errors make unusable:
+    each part at fault is set aside (a required field gets a stand-in) and the rest parsed
+    again, so that the later checks can still run on it."""
+    errors: list[FieldError] = []
+    broken: set[str] = set()
+    candidate = dict(raw)
+    for _ in range(3):  # set aside what failed; a second pass is expected to pass
+        try:
+            return StudySpec.model_validate(candidate), errors, broken
+        except ValidationError as exc:
+            details = exc.errors(include_url=False)
+            parts = {_part_of(detail["loc"], candidate) for detail in details}
+            for detail, error in zip(details, field_errors_from_pydantic(exc), strict=True):
+                errors.append(_structure_error(detail, error, raw))
+            if () in parts:
+                return None, errors, broken
+            for part in sorted(parts, key=len, reverse=True):  # entries before whole sections
+                broken |= _broken_by(part)
+                _set_aside(candidate, part)
+    return None, errors, broken
+
+
+def _structure_error(detail: Any, error: FieldError, raw: dict[str, Any]) -> FieldError:
+    """``error`` named as the user wrote the field (no union members in its path), or the
+    layer-search help for any search of a layer stack but an ``int`` one."""
+    loc = [str(p) for p in detail["loc"]]
+    if loc[:1] == ["search_space"] and len(loc) >= 2 and loc[1] in _STACK_OF:
+        entry = raw["search_space"].get(loc[1])  # a dict: its entries have errors
+        if not (isinstance(entry, dict) and entry.get("type") == "int"):
+            return FieldError(f"search_space.{loc[1]}", layer_search_help(_STACK_OF[loc[1]]))
+    if loc[:1] == ["search_space"] and len(loc) >= 3 and loc[2] in _SEARCH_TAGS:
+        del loc[2]
+        if len(loc) == 5 and loc[2] == "choices" and loc[4] in _CHOICE_TAGS:
+            got = detail.get("input")
+            return FieldError(
+                ".".join(loc[:4]), f"must be a string, a boolean or a number (got {got!r})"
+            )
+    return FieldError(".".join(loc) or error.field, error.reason)
+
+
+def _part_of(loc: tuple[Any, ...], candidate: dict[str, Any]) -> tuple[str, ...]:
+    """The part of the spec an error is in: a section's entry, or a top-level field."""
+    if not loc:
+        return ()
+    head = str(loc[0])
+    section = candidate.get(head)
+    if (
+        head in ("search_space", "objective", "sampler", "pruner")
+        and len(loc) >= 2
+        and isinstance(section, dict)
+        and loc[1] in section
+    ):
+        return head, str(loc[1])
+    return (head,)
+
+
+def _broken_by(part: tuple[str, ...]) -> set[str]:
+    """What the later checks must not rely on once ``part`` is set aside: parameter names (all
+    of a section's for a whole section), or the top-level field's name."""
+    if part[0] == "search_space":
+        return {part[1]} if len(part) == 2 else set(PARAMETER_NAMES)
+    if part == ("model",):
+        return set(MODEL_PARAMS)
+    if part == ("training",):
+        return set(TRAINING_PARAMS)
+    return {part[0]}
+
+
+def _set_aside(candidate: dict[str, Any], part: tuple[str, ...]) -> None:
+    if len(part) == 2:
+        section = dict(candidate[part[0]])
+        section.pop(part[1], None)
+        candidate[part[0]] = section
+    elif part[0] in _STAND_INS:
+        candidate[part[0]] = _STAND_INS[part[0]]
+    elif part[0] == "search_space":
+        candidate[part[0]] = {}  # not the default space: what is searched is unknown
+    else:
+        candidate.pop(part[0], None)
+
+
+def _parameters_at_fault(errors: list[FieldError]) -> set[str]:
+    """The parameters that ``errors`` (of the sections and search-space checks) concern."""
+    out = set()
+    for e in errors:
+        parts = e.field.split(".")
+        if len(parts) > 1 and parts[1] in PARAMETER_NAMES:
+            out.add(parts[1])
+    return out
+
+
+# -- stage 2: each fixed and searched value against the trainer's ranges ----------------------
 
 
 def _check_sections(spec: StudySpec) -> list[FieldError]:
@@ -214,7 +367,7 @@ def _check_sections(spec: StudySpec) -> list[FieldError]:
             else:
                 reason = f"unknown parameter; known: {', '.join(allowed)}"
             errors.append(FieldError(f"{section}.{name}", reason))
-    fixed = spec.fixed_params
+    fixed = spec.given_fixed
     if fixed:
         try:
             validate_params(fixed)
@@ -230,7 +383,7 @@ def _check_sections(spec: StudySpec) -> list[FieldError]:
 
 def _check_search_space(spec: StudySpec) -> list[FieldError]:
     errors: list[FieldError] = []
-    fixed = spec.fixed_params
+    fixed = spec.given_fixed
     for name, param in (spec.search_space or {}).items():
         where = f"search_space.{name}"
         if name not in PARAMETER_NAMES:
@@ -238,18 +391,17 @@ def _check_search_space(spec: StudySpec) -> list[FieldError]:
                 FieldError(where, "unknown parameter; known: " + ", ".join(PARAMETER_NAMES))
             )
             continue
-        if name in fixed:
+        stack = _STACK_OF.get(name)
+        if stack is not None and not isinstance(param, IntRange):
+            errors.append(FieldError(where, layer_search_help(stack)))
+            continue
+        # A fixed list beside its searched size gives the layers' count: not a conflict.
+        gives_count = stack is not None and isinstance(fixed.get(name), list)
+        if name in fixed and not gives_count:
             section = "model" if name in MODEL_PARAMS else "training"
             errors.append(FieldError(where, f"both fixed (in {section}) and searched; remove one"))
-        domain = parameter_domain(name)
+        domain = search_domain(name)
         if isinstance(param, Categorical):
-            if domain.kind == "int_list":
-                errors.append(
-                    FieldError(
-                        where,
-                        "lists cannot be searched as categorical choices yet; fix it in model",
-                    )
-                )
             for choice in param.choices:
                 if domain.kind in ("categorical", "bool") and choice not in domain.choices:
                     errors.append(
@@ -300,11 +452,98 @@ def _check_search_space(spec: StudySpec) -> list[FieldError]:
     return errors
 
 
-def _check_combinations(spec: StudySpec) -> list[FieldError]:
+# -- stage 3: the budget and the dataset ------------------------------------------------------
+
+
+def _check_budget(
+    spec: StudySpec, max_trials: int, max_epochs: int, broken: set[str]
+) -> list[FieldError]:
+    errors = []
+    if "n_trials" not in broken and spec.n_trials > max_trials:
+        errors.append(
+            FieldError(
+                "n_trials",
+                f"at most {max_trials} (configured maximum, HPSEARCH_MAX_TRIALS), "
+                f"got {spec.n_trials}",
+            )
+        )
+    epochs = spec.training.get("epochs", spec.epochs)
+    if epochs is not None and (
+        not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= max_epochs
+    ):
+        errors.append(
+            FieldError(
+                "training.epochs",
+                f"must be an integer in [1, {max_epochs}] (HPSEARCH_MAX_EPOCHS), got {epochs!r}",
+            )
+        )
+    if "epochs" in spec.training and spec.epochs is not None:
+        errors.append(FieldError("epochs", "given both here and as training.epochs"))
+    return errors
+
+
+def _check_dataset(
+    spec: StudySpec,
+    broken: set[str],
+    uploaded_shape: Callable[[str], DatasetShape | None] | None,
+) -> tuple[list[FieldError], DatasetShape | None]:
+    """The dataset's own errors, and its shape when the dataset is usable and its shape known."""
+    if "dataset" in broken:
+        return [], None
+    try:
+        dataset = validate_dataset(spec.dataset)
+    except InvalidSpecError as exc:
+        return list(exc.errors), None
+    if dataset.path is not None:
+        reason = (
+            "files are not read by path through the API: name a built-in dataset, "
+            "or upload the file and give its id"
+        )
+        return [FieldError("dataset.path", reason)], None
+    if dataset.id is None:
+        return [], dataset.shape
+    if uploaded_shape is None:
+        return [], None
+    shape = uploaded_shape(dataset.id)
+    if shape is None:
+        reason = (
+            f"no uploaded dataset with id {dataset.id!r} "
+            "(GET /api/v1/datasets lists them; POST one there)"
+        )
+        return [FieldError("dataset.id", reason)], None
+    return [], shape
+
+
+# -- stage 4: the trials the space bounds -----------------------------------------------------
+
+
+def _usable(spec: StudySpec, broken: set[str]) -> tuple[dict[str, Any], dict[str, SearchParam]]:
+    """The fixed values (as trials get them) and the searched parameters that passed their own
+    checks: the later checks run on these alone."""
+    given = {k: v for k, v in spec.given_fixed.items() if k in PARAMETER_NAMES and k not in broken}
+    space = {k: p for k, p in spec.space.items() if k in PARAMETER_NAMES and k not in broken}
+    return _trial_fixed(given, space), space
+
+
+def _trial_fixed(given: dict[str, Any], space: dict[str, SearchParam]) -> dict[str, Any]:
+    """``given`` as trials get it: a fixed layer list whose size is searched gives its length
+    as the layers' count (unless the count is fixed or searched too)."""
+    out = dict(given)
+    for stack in LAYER_STACKS:
+        sizes = out.get(stack.sizes)
+        if stack.sizes in space and isinstance(sizes, list):
+            del out[stack.sizes]
+            if stack.count not in out and stack.count not in space:
+                out[stack.count] = len(sizes)
+    return out
+
+
+def _check_combinations(
+    spec: StudySpec, fixed: dict[str, Any], space: dict[str, SearchParam], broken: set[str]
+) -> list[FieldError]:
     """Every corner of the space, with the fixed values, must be a valid trial (e.g. clipping
     without a threshold is caught here, once, rather than in every trial)."""
-    space = spec.space
-    base, corners = _corners(spec)
+    base, corners = _corners(fixed, space)
     seen: set[str] = set()
     errors = []
     for corner in corners:
@@ -312,62 +551,120 @@ def _check_combinations(spec: StudySpec) -> list[FieldError]:
             validate_params({**base, **corner})
         except InvalidSpecError as exc:
             for e in exc.errors:
-                if e.field in seen:
+                head = e.field.split(".")[0]
+                if e.field in seen or head in broken:
                     continue
                 seen.add(e.field)
-                hint = "" if e.field in space else " (fix it in model/training or search it)"
+                hint = "" if head in space else " (fix it in model/training or search it)"
                 errors.append(FieldError(_where(e.field, spec), e.reason + hint))
     return errors
 
 
-def check_for_dataset(
-    spec: StudySpec, input_shape: tuple[int, ...], n_classes: int, max_weights: int
+def _corners(
+    fixed: dict[str, Any], space: dict[str, SearchParam]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The trials that bound the space: a base (the fixed values, each searched parameter at
+    its first value) and one change per searched parameter's bound or choice (``[{}]`` when
+    nothing is searched)."""
+    base = dict(fixed)
+    corners: list[dict[str, Any]] = []
+    for name, param in space.items():
+        values = list(param.choices) if isinstance(param, Categorical) else [param.low, param.high]
+        base.setdefault(name, values[0])
+        corners += [{name: v} for v in values]
+    return base, corners or [{}]
+
+
+# -- stage 5: what the dataset's shape tells ---------------------------------------------------
+
+
+def _check_for_dataset(
+    spec: StudySpec,
+    fixed: dict[str, Any],
+    space: dict[str, SearchParam],
+    broken: set[str],
+    shape: DatasetShape,
+    max_weights: int | None,
 ) -> list[FieldError]:
-    """What only the dataset's shape can tell: a cnn needs image-shaped examples, and the
-    largest model any corner of the space builds must have at most ``max_weights`` weights (a
-    model that cannot fit is refused here, not by every trial running out of memory)."""
-    base, corners = _corners(spec)
-    largest, where = 0, "model.hidden_units"
-    for corner in corners:
-        params = validate_params({**base, **corner})
-        if params.architecture == "cnn" and len(input_shape) not in (2, 3):
-            field = (
-                "search_space.architecture" if "architecture" in corner else "model.architecture"
-            )
-            return [
+    """A cnn needs image-shaped examples, and the largest model of the space must have at most
+    ``max_weights`` weights (a model that cannot fit is refused here, not by every trial running
+    out of memory). Skipped where a parameter they depend on is broken."""
+    input_shape, n_classes = shape
+    images = len(input_shape) in (2, 3)
+    errors = []
+    if "architecture" not in broken:
+        searched = space.get("architecture")
+        choices = searched.choices if isinstance(searched, Categorical) else []
+        if not images and "cnn" in (choices or [fixed.get("architecture", "mlp")]):
+            field = "search_space.architecture" if searched else "model.architecture"
+            errors.append(
                 FieldError(
                     field,
                     f"'cnn' needs image-shaped examples (height, width[, channels]); this "
                     f"dataset's examples have shape {input_shape}: use 'mlp'",
                 )
-            ]
+            )
+    if max_weights is None or broken & set(SIZE_PARAMS):
+        return errors
+    sized = {k: v for k, v in fixed.items() if k in SIZE_PARAMS}
+    largest, architecture = 0, "mlp"
+    for corner in _size_corners(space):
+        try:
+            params = validate_params({**sized, **corner})
+        except InvalidSpecError:
+            continue  # refused by the combinations' check
+        if params.architecture == "cnn" and not images:
+            continue  # refused above
         weights = count_weights(params, input_shape, n_classes)
         if weights > largest:
-            largest = weights
-            where = "model.hidden_units" if params.architecture == "mlp" else "model.conv_filters"
-    if largest <= max_weights:
-        return []
-    return [
-        FieldError(
-            where,
-            f"the model would have {largest:,} weights on this dataset "
-            f"({'x'.join(map(str, input_shape))} inputs, {n_classes} classes), more than "
-            f"{max_weights:,} (HPSEARCH_MAX_MODEL_PARAMS): use fewer or smaller layers",
+            largest, architecture = weights, params.architecture
+    if largest > max_weights:
+        errors.append(
+            FieldError(
+                _size_field(spec, space, architecture),
+                f"the model would have {largest:,} weights on this dataset "
+                f"({'x'.join(map(str, input_shape))} inputs, {n_classes} classes), more than "
+                f"{max_weights:,} (HPSEARCH_MAX_MODEL_PARAMS): use fewer or smaller layers",
+            )
         )
-    ]
+    return errors
 
 
-def _corners(spec: StudySpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The trials that bound the space: a base (the fixed values, each searched parameter at
-    its first value) and one change per searched parameter's bound or choice (``[{}]`` when
-    nothing is searched)."""
-    base = dict(spec.fixed_params)
-    corners: list[dict[str, Any]] = []
-    for name, param in spec.space.items():
-        values = list(param.choices) if isinstance(param, Categorical) else [param.low, param.high]
-        base.setdefault(name, values[0])
-        corners += [{name: v} for v in values]
-    return base, corners or [{}]
+def _size_corners(space: dict[str, SearchParam]) -> Iterator[dict[str, Any]]:
+    """Every combination of the searched size parameters' extremes: the weights grow with
+    every width, kernel and (from one layer on) the number of dense layers, so the largest model
+    is at one of these. More conv blocks can shrink the model (each pools the image the dense
+    head sees), so every number of them is tried."""
+    axes: list[list[tuple[str, Any]]] = []
+    for name in SIZE_PARAMS:
+        param = space.get(name)
+        if param is None:
+            continue
+        values: list[Any]
+        if isinstance(param, Categorical):
+            numeric = [c for c in param.choices if not isinstance(c, (str, bool))]
+            values = [min(numeric), max(numeric)] if numeric else list(param.choices)
+        else:
+            low, high = param.low, param.high
+            if isinstance(param, IntRange) and not param.log:  # the highest value it reaches
+                high = low + (param.high - low) // param.step * param.step
+            step = param.step if isinstance(param, IntRange) and not param.log else 1
+            many = name == "conv_blocks" and isinstance(param, IntRange)
+            values = list(range(int(low), int(high) + 1, step)) if many else [low, high]
+        axes.append([(name, v) for v in values])
+    for combination in itertools.product(*axes):
+        yield dict(combination)
+
+
+def _size_field(spec: StudySpec, space: dict[str, SearchParam], architecture: str) -> str:
+    """Where to point a model that is too large: the searched width or depth, else the list."""
+    names = ("hidden_units", "hidden_layers")
+    if architecture == "cnn":
+        names = ("conv_filters", "conv_blocks")
+    for name in names:
+        if name in space:
+            return f"search_space.{name}"
+    return _where(names[0], spec)
 
 
 def _where(field: str, spec: StudySpec) -> str:

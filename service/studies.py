@@ -14,20 +14,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hpsearch.datasets import validate_dataset
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
 from service.db.models import ACTIVE, Study, Trial, TrialEpoch, utcnow
 from service.db.session import unit_of_work
-from service.errors import (
-    AlreadyExistsError,
-    ConflictError,
-    FieldError,
-    InvalidSpecError,
-    NotFoundError,
-)
+from service.errors import AlreadyExistsError, ConflictError, NotFoundError
 from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
-from service.spec import check_for_dataset, parse_study_spec
+from service.spec import parse_study_spec
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +29,14 @@ TRIAL_STATES = ("running", *FINISHED_TRIAL_STATES)
 
 def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
     """Validate a spec and create the study (queued until a worker asks)."""
-    spec = parse_study_spec(raw, ctx.settings.max_trials, ctx.settings.max_epochs)
+    spec = parse_study_spec(
+        raw,
+        ctx.settings.max_trials,
+        ctx.settings.max_epochs,
+        ctx.settings.max_model_params,
+        uploaded_shape=lambda ident: datasets.example_shape(ctx, ident),
+    )
     dataset_id = spec.dataset.get("id")
-    if dataset_id is None:
-        shape = validate_dataset(spec.dataset).shape
-    elif (shape := datasets.example_shape(ctx, dataset_id)) is None:
-        raise InvalidSpecError(
-            [
-                FieldError(
-                    "dataset.id",
-                    f"no uploaded dataset with id {dataset_id!r} "
-                    "(GET /api/v1/datasets lists them; POST one there)",
-                )
-            ]
-        )
-    if shape is not None:
-        errors = check_for_dataset(spec, *shape, ctx.settings.max_model_params)
-        if errors:
-            raise InvalidSpecError(errors)
     _check_active_limit(ctx)
     with ctx.sessions() as s:
         if s.scalar(select(Study.id).where(Study.name == spec.name)) is not None:

@@ -32,7 +32,7 @@ from service.api.deps import (
 )
 from service.api.errors import refusal
 from service.db.migrate import current_revision, head_revision
-from service.spec import StudySpec
+from service.spec import StudySpecBody
 from service.uploads import receive_upload
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ def readyz(ctx: ContextDep) -> JSONResponse:
 
 
 @studies_router.post("", status_code=201)
-def create_study(ctx: ContextDep, spec: Annotated[StudySpec, Body()]) -> dict[str, Any]:
+def create_study(ctx: ContextDep, spec: Annotated[StudySpecBody, Body()]) -> dict[str, Any]:
     """Launch a study. 422 names each bad field; 409 when the name is taken."""
-    return studies.create_study(ctx, spec.model_dump(mode="json", exclude_unset=True))
+    return studies.create_study(ctx, spec)
 
 
 @studies_router.get("")

@@ -3,7 +3,13 @@
 import pytest
 
 from hpsearch.errors import InvalidSpecError
-from hpsearch.params import PARAMETER_NAMES, parameter_domain, validate_params
+from hpsearch.params import (
+    PARAMETER_NAMES,
+    expand_layers,
+    parameter_domain,
+    search_domain,
+    validate_params,
+)
 
 MISSION_NAMES = {
     "learning_rate",
@@ -101,3 +107,85 @@ def test_domains_are_readable_by_the_service() -> None:
     assert parameter_domain("dropout").contains(0.0)
     assert not parameter_domain("dropout").contains(1.0)
     assert parameter_domain("clip_mode").choices == ("none", "value", "norm", "global_norm")
+
+
+# -- layer stacks: a width and a depth for every layer ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "hidden_units"),
+    [
+        ({"hidden_units": 64, "hidden_layers": 3}, [64, 64, 64]),
+        ({"hidden_units": 64}, [64, 64]),  # the depth of the default [300, 100]
+        ({"hidden_layers": 3}, [300, 300, 300]),  # the width of the default's first layer
+        ({"hidden_units": [300, 100], "hidden_layers": 3}, [300, 300, 300]),
+        ({"hidden_units": [50, 10], "hidden_layers": 1}, [50]),
+        ({"hidden_units": 64, "hidden_layers": 0}, []),
+        ({"hidden_units": 64.0, "hidden_layers": 2.0}, [64, 64]),  # as JSON or a sampler gives
+        ({"hidden_units": [300, 100]}, [300, 100]),  # a list alone is as it is
+    ],
+)
+def test_a_width_and_a_depth_expand_to_the_list_the_trainer_builds(values, hidden_units) -> None:
+    assert validate_params(values).hidden_units == hidden_units
+    assert expand_layers(values)["hidden_units"] == hidden_units
+    assert "hidden_layers" not in expand_layers(values)
+
+
+def test_conv_filters_and_blocks_expand_the_same_way() -> None:
+    params = validate_params({"architecture": "cnn", "conv_filters": 16, "conv_blocks": 3})
+    assert params.conv_filters == [16, 16, 16]
+    assert validate_params({"conv_blocks": 1}).conv_filters == [32]  # default [32, 64]
+    assert validate_params({"conv_filters": 8}).conv_filters == [8, 8]
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "words"),
+    [
+        ({"hidden_layers": 33}, "hidden_layers", "must be an integer in [0, 32], got 33"),
+        ({"hidden_layers": "3"}, "hidden_layers", "must be an integer in [0, 32], got '3'"),
+        ({"hidden_layers": 2.5}, "hidden_layers", "got 2.5"),
+        ({"hidden_layers": True}, "hidden_layers", "got True"),
+        ({"conv_blocks": 0}, "conv_blocks", "must be an integer in [1, 8], got 0"),
+        ({"conv_blocks": 9}, "conv_blocks", "must be an integer in [1, 8], got 9"),
+        (
+            {"hidden_units": 0, "hidden_layers": 2},
+            "hidden_units",
+            "must be an integer in [1, 65536], got 0",
+        ),
+        ({"hidden_units": 70_000}, "hidden_units", "must be an integer in [1, 65536]"),
+        ({"conv_filters": 5000}, "conv_filters", "must be an integer in [1, 4096], got 5000"),
+        ({"hidden_units": [0, 5], "hidden_layers": 2}, "hidden_units.0", "[1, 65536], got 0"),
+        (
+            {"hidden_units": [], "hidden_layers": 2},
+            "hidden_units",
+            "an empty list gives the hidden layers no units",
+        ),
+        (
+            {"hidden_units": "wide"},
+            "hidden_units",
+            "a list of integers in [1, 65536], or one such integer for every hidden layer",
+        ),
+    ],
+)
+def test_a_bad_width_or_depth_names_its_field_and_range(values, field, words) -> None:
+    reasons = rejection(values)
+    assert field in reasons, reasons
+    assert words in reasons[field]
+
+
+def test_a_bad_depth_is_reported_with_every_other_bad_value() -> None:
+    reasons = rejection({"hidden_layers": 40, "dropout": 2, "optimizer": "x"})
+    assert set(reasons) == {"hidden_layers", "dropout", "optimizer"}
+
+
+def test_layer_counts_are_parameters_with_their_own_domains() -> None:
+    assert {"hidden_layers", "conv_blocks"} <= set(PARAMETER_NAMES)
+    names = list(PARAMETER_NAMES)
+    assert names.index("hidden_layers") == names.index("hidden_units") + 1
+    depth = parameter_domain("hidden_layers")
+    assert (depth.kind, depth.low, depth.high) == ("int", 0, 32)
+    assert parameter_domain("conv_blocks").describe() == "an integer in [1, 8]"
+    # A search of a layer list samples one width: an integer of the list items' range.
+    width = search_domain("hidden_units")
+    assert (width.kind, width.low, width.high) == ("int", 1, 65_536)
+    assert search_domain("dropout") == parameter_domain("dropout")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from hpsearch.params import validate_params
+from hpsearch.params import count_weights, validate_params
 from tests.trainer.notes import NOTES_MODEL
 from trainer.errors import IncompatibleModelError
 from trainer.model import build_model, build_optimizer
@@ -199,3 +199,52 @@ def test_cnn_on_a_table_is_rejected_before_training() -> None:
         build_model(validate_params({"architecture": "cnn"}), (20,), 3)
     assert info.value.errors[0].field == "architecture"
     assert "image-shaped" in info.value.errors[0].reason
+
+
+def dense_sizes(model) -> list[int]:
+    return [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)][:-1]
+
+
+def test_a_width_and_a_depth_build_that_many_layers_of_that_width() -> None:
+    model = build_model(validate_params({"hidden_units": 24, "hidden_layers": 3}), (5,), 2)
+    assert dense_sizes(model) == [24, 24, 24]
+    # The depth alone takes its width from the fixed list's first entry.
+    fixed = validate_params({"hidden_units": [40, 10], "hidden_layers": 1})
+    assert dense_sizes(build_model(fixed, (5,), 2)) == [40]
+    cnn = validate_params(
+        {"architecture": "cnn", "conv_filters": 4, "conv_blocks": 3, "hidden_units": [8]}
+    )
+    built = build_model(cnn, (8, 8, 1), 3)
+    filters = [lyr.filters for lyr in built.layers if isinstance(lyr, keras.layers.Conv2D)]
+    assert filters == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("values", "input_shape"),
+    [
+        ({"hidden_units": 64, "hidden_layers": 3, "batch_norm": "before"}, (10,)),
+        ({"hidden_units": 7, "hidden_layers": 1, "batch_norm": "after"}, (8, 8, 1)),
+        ({"hidden_layers": 0, "input_batch_norm": True}, (12,)),
+        ({"hidden_units": [300, 100], "hidden_layers": 2}, (28, 28, 1)),
+        (
+            {
+                "architecture": "cnn",
+                "conv_filters": 5,
+                "conv_blocks": 3,
+                "kernel_size": 5,
+                "hidden_units": 9,
+                "hidden_layers": 2,
+                "batch_norm": "before",
+                "input_batch_norm": True,
+            },
+            (28, 28, 1),
+        ),
+        ({"architecture": "cnn", "conv_filters": [3, 6], "batch_norm": "after"}, (9, 7)),
+    ],
+)
+def test_count_weights_counts_what_keras_builds(values, input_shape) -> None:
+    """The service's size limit counts with ``count_weights``, without Keras: it must agree with
+    the model the trainer builds, widths and depths included."""
+    params = validate_params(values)
+    model = build_model(params, input_shape, 10)
+    assert count_weights(params, input_shape, 10) == model.count_params()
