@@ -294,9 +294,10 @@ def list_trials(
 
 
 def get_trial(ctx: ServiceContext, study_id: int, number: int) -> dict[str, Any]:
-    """One trial with the per-epoch metrics of its latest attempt."""
+    """One trial with the per-epoch metrics of its latest attempt, which of its params were
+    searched and which the spec fixed, and how many epochs it was to train."""
     with ctx.sessions() as s:
-        _study(s, study_id)
+        spec = spec_of(_study(s, study_id))
         trial = s.scalars(
             select(Trial).where(Trial.study_id == study_id, Trial.number == number)
         ).first()
@@ -307,7 +308,14 @@ def get_trial(ctx: ServiceContext, study_id: int, number: int) -> dict[str, Any]
             .where(TrialEpoch.trial_id == trial.id, TrialEpoch.attempt == trial.attempt)
             .order_by(TrialEpoch.epoch)
         ).all()
-        return _trial_public(trial, list(epochs))
+        # A trial's params merge the spec's fixed values and the sampled ones; only the spec
+        # tells them apart (the default search space included, when the spec names none).
+        return {
+            **_trial_public(trial, list(epochs)),
+            "searched": list(spec.space),
+            "fixed": [name for name in spec.fixed_params if name not in spec.space],
+            "epochs_planned": spec.n_epochs,
+        }
 
 
 def trials_csv(ctx: ServiceContext, study_id: int) -> Iterator[str]:

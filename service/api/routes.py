@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, WithJsonSchema
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -21,6 +23,7 @@ from hpsearch.protocol import (
     ReportAnswer,
     TellRequest,
 )
+from hpsearch.results import ParameterCounts
 from service import analysis, datasets, scheduling, studies
 from service.api.deps import (
     ContextDep,
@@ -155,10 +158,58 @@ def trials_csv(ctx: ContextDep, study_id: StudyIdPath) -> StreamingResponse:
     )
 
 
+# Timestamps are stored and answered as naive UTC (no offset), which JSON Schema's date-time
+# format would reject: the schema says so in words.
+UtcTimestamp = Annotated[
+    datetime,
+    WithJsonSchema(
+        {"type": "string", "description": "UTC, ISO 8601 without an offset: 2025-01-31T12:00:00"}
+    ),
+]
+
+
+class TrialEpochPublic(BaseModel):
+    """One epoch the trial reported, and the answer it got."""
+
+    epoch: int = Field(description="1-based")
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    should_stop: bool = Field(description="the answer to this report told the trial to stop")
+    stop_reason: str | None = Field(description="why it was told to stop (pruned, study stopped)")
+
+
+class TrialDetail(BaseModel):
+    """One trial of a study, with the per-epoch metrics of its latest attempt."""
+
+    number: int
+    state: TrialStateFilter
+    params: dict[str, Any] = Field(
+        description="the sampled and the fixed values the trainer got (its defaults for the rest)"
+    )
+    searched: list[str] = Field(description="the names in `params` the search space sampled")
+    fixed: list[str] = Field(description="the names in `params` fixed by the spec's model/training")
+    value: float | None = Field(description="the objective metric, once finished")
+    reason: str | None = Field(description="why it was pruned, failed or re-run")
+    worker_id: str | None
+    attempt: int = Field(description="1 unless a lost worker's trial was re-run")
+    epochs_run: int
+    epochs_planned: int = Field(description="the spec's epochs per trial")
+    duration_seconds: float | None = Field(description="wall time, started to finished")
+    train_seconds: float | None = Field(description="training time, as the worker measured it")
+    started_at: UtcTimestamp
+    finished_at: UtcTimestamp | None
+    parameters: ParameterCounts | None = Field(description="the model's weights, once finished")
+    change_seq: int
+    epochs: list[TrialEpochPublic]
+
+
 @studies_router.get("/{study_id}/trials/{number}")
-def get_trial(ctx: ContextDep, study_id: StudyIdPath, number: TrialNumberPath) -> dict[str, Any]:
-    """One trial: params, state, reason, per-epoch metrics, worker, duration."""
-    return studies.get_trial(ctx, study_id, number)
+def get_trial(ctx: ContextDep, study_id: StudyIdPath, number: TrialNumberPath) -> TrialDetail:
+    """One trial: params (which were searched, which fixed), state, reason, per-epoch metrics,
+    worker, timings."""
+    return TrialDetail.model_validate(studies.get_trial(ctx, study_id, number))
 
 
 # -- datasets ------------------------------------------------------------------------------------
