@@ -191,7 +191,7 @@ def shutdown() -> None:
 @lru_cache(maxsize=64)
 def _importances(url: str, uid: str, optuna_study_id: int, complete: int) -> dict[str, float]:
     # Keyed by the uid too: on SQLite a deleted study's Optuna id is handed to the next one.
-    return _analyst.run(_compute_importances, url, optuna_study_id)
+    return _analyst.run(_compute_importances, url, uid, optuna_study_id)
 
 
 def _exit_with_parent() -> None:
@@ -206,8 +206,17 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _compute_importances(url: str, optuna_study_id: int) -> dict[str, float]:
+# In the importance process: the study each Optuna id last belonged to.
+_uid_of_optuna_id: dict[tuple[str, int], str] = {}
+
+
+def _compute_importances(url: str, uid: str, optuna_study_id: int) -> dict[str, float]:
     """Runs in the importance process."""
+    if _uid_of_optuna_id.setdefault((url, optuna_study_id), uid) != uid:
+        # The id now belongs to another study (SQLite reuses a deleted study's id): the cached
+        # storage still holds the deleted study's finished trials under it, so start afresh.
+        optuna_bridge.cached_storage.cache_clear()
+        _uid_of_optuna_id[(url, optuna_study_id)] = uid
     study = optuna_bridge.load_study(url, optuna_study_id)
     try:
         result = optuna.importance.get_param_importances(

@@ -7,6 +7,7 @@ import math
 
 import psutil
 
+from tests.service.conftest import query
 from tests.service.test_protocol import FakeWorker, create
 
 
@@ -94,3 +95,29 @@ def test_analysis_gives_every_trial_s_columns_and_its_curve(api) -> None:
         (1, "pruned", [0.2]),
         (2, "complete", [0.6, 0.7]),
     ]
+
+
+def test_importance_of_a_study_made_after_a_deleted_one_counts_only_its_own_trials(api) -> None:
+    """On SQLite a new study may get a deleted one's Optuna id; the importance process must not
+    mix the deleted study's trials (still in its cache) into the new one's importances."""
+
+    def finish(s: dict, param: str, worker_id: str) -> dict:
+        worker = FakeWorker(api.url, worker_id)
+        while (trial := worker.ask()) is not None:
+            worker.tell(trial, value=trial["params"][param])
+        answer = api.http.get(f"/api/v1/studies/{s['id']}/importance").json()
+        assert answer["ready"] is True and answer["complete"] == 6, answer
+        return answer
+
+    lr = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}
+    first = create(api, "importance-before", n_trials=6, search_space=lr)
+    (row,) = query(api, f"SELECT optuna_study_id FROM hps_studies WHERE id = {first['id']}")
+    assert set(finish(first, "learning_rate", "imp-before")["importances"]) == {"learning_rate"}
+    assert api.http.delete(f"/api/v1/studies/{first['id']}").status_code == 204
+
+    dropout = {"dropout": {"type": "float", "low": 0.0, "high": 0.5}}
+    second = create(api, "importance-after", n_trials=6, search_space=dropout)
+    (again,) = query(api, f"SELECT optuna_study_id FROM hps_studies WHERE id = {second['id']}")
+    if api.database_url.startswith("sqlite"):  # the case this test is about
+        assert again["optuna_study_id"] == row["optuna_study_id"]
+    assert finish(second, "dropout", "imp-after")["importances"] == {"dropout": 1.0}
