@@ -3,9 +3,10 @@ database, starts a real API, and measures with real HTTP and a real browser:
 
 - GET /api/v1/studies/{id} and a page of 100 trials: p50 and p99 over 50 requests;
 - GET .../analysis (the plots' data): time and size;
-- the study page in chromium: navigation to a drawn trial table, and to every plot drawn.
+- the study page in chromium: navigation to a drawn trial table, and to every plot drawn (each
+  plot showing its data: markers, lines, bars or polylines, not only its frame).
 
-    python -m benchmarks.dashboard_load [--trials 10000]
+    python -m benchmarks.dashboard_load [--trials 10000] [--screenshot study.png]
 """
 
 from __future__ import annotations
@@ -160,8 +161,11 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return 1000 * statistics.median(samples), 1000 * q[98]
 
 
-def measure(api: str, study_id: int, chromium: str) -> dict[str, float]:
-    """Latencies of the API and the page's time to interactive."""
+def measure(
+    api: str, study_id: int, chromium: str, screenshot: Path | None = None
+) -> dict[str, float]:
+    """Latencies of the API and the page's time to interactive; ``screenshot``: where to save
+    the study page with every plot drawn, from the last run."""
     out: dict[str, float] = {}
     with httpx.Client(base_url=api, timeout=60) as http:
         for name, path in (
@@ -197,8 +201,9 @@ def measure(api: str, study_id: int, chromium: str) -> dict[str, float]:
             ],
         )
         runs: dict[str, list[float]] = {}
-        for _ in range(RUNS):
-            for key, value in _page_load(browser, f"{api}/#/studies/{study_id}").items():
+        for run in range(RUNS):
+            shot = screenshot if run == RUNS - 1 else None
+            for key, value in _page_load(browser, f"{api}/#/studies/{study_id}", shot).items():
                 runs.setdefault(key, []).append(value)
         browser.close()
     for key, values in runs.items():
@@ -221,9 +226,18 @@ CLICK_NEXT = """async () => {
   document.querySelector('#next').click();
   while (info() === before) await new Promise((r) => setTimeout(r, 5));
 }"""
+# Every plot of the study page shows its data: plotly's markers, lines or bars, or the parallel
+# coordinates' polylines. A plot that could not draw (a WebGL trace under the page's CSP) has
+# its frame, .main-svg, but none of these.
+PLOTS_DRAWN = """() => {
+  const plots = [...document.querySelectorAll('.plot')];
+  return document.querySelector('#plot-params .plot') !== null && plots.every((p) =>
+    p.querySelector('.scatterlayer .point, .scatterlayer .js-line, .barlayer .bars .point path,'
+                    + ' polyline.pc-line'));
+}"""
 
 
-def _page_load(browser: Any, url: str) -> dict[str, float]:
+def _page_load(browser: Any, url: str, screenshot: Path | None = None) -> dict[str, float]:
     """One cold load of the study page, in a fresh context (nothing cached)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -237,13 +251,11 @@ def _page_load(browser: Any, url: str) -> dict[str, float]:
         start = time.perf_counter()
         page.evaluate(CLICK_NEXT)
         clicks.append(1000 * (time.perf_counter() - start))
-    page.wait_for_function(
-        "() => ['plot-history','plot-curves','plot-parallel','plot-importance']"
-        ".every(id => document.querySelector('#' + id + ' .main-svg'))",
-        timeout=60_000,
-    )
+    page.wait_for_function(PLOTS_DRAWN, timeout=60_000)
     plots = page.evaluate("performance.now()")
     tasks = page.evaluate("window.__longTasks")
+    if screenshot is not None:
+        page.screenshot(path=str(screenshot), full_page=True)
     context.close()
     return {
         "table drawn": table,
@@ -263,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
         "--database",
         type=Path,
         help="a SQLite file to keep the seeded study in, and to reuse when it already holds it",
+    )
+    parser.add_argument(
+        "--screenshot", type=Path, help="save the study page with every plot drawn (a PNG)"
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -300,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
-            figures = measure(api, study_id, args.chromium)
+            figures = measure(api, study_id, args.chromium, args.screenshot)
         finally:
             server.terminate()
             server.wait()
