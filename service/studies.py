@@ -98,15 +98,10 @@ def _study(s: Session, study_id: int) -> Study:
 
 def _summary(s: Session, study: Study) -> dict[str, Any]:
     counts = {state: 0 for state in TRIAL_STATES}
-    counts.update(
-        s.execute(
-            select(Trial.state, func.count())
-            .where(Trial.study_id == study.id)
-            .group_by(Trial.state)
-        )
-        .tuples()
-        .all()
+    rows = s.execute(
+        select(Trial.state, func.count()).where(Trial.study_id == study.id).group_by(Trial.state)
     )
+    counts.update((state, count) for state, count in rows)
     finished = sum(counts[k] for k in FINISHED_TRIAL_STATES)
     spec = spec_of(study)
     order = Trial.value.desc() if spec.objective.resolved_direction == "maximize" else Trial.value
