@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 STATIC = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-_ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
+_ASSETS = {"app.js": "text/javascript", "trial.js": "text/javascript", "app.css": "text/css"}
 
 router = APIRouter(include_in_schema=False)
 

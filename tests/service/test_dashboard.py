@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, Route, sync_playwright
 
-from tests.service.conftest import spec, wait_for
+from tests.service.conftest import spec, wait_for, wait_until_done
 
 CHROMIUM = os.environ.get("HPSEARCH_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(
@@ -161,8 +163,13 @@ def test_launch_watch_prune_stop_and_download_in_a_browser(make_api, workers, br
     narrow = Tab(browser, width=390, height=844)
     narrow.page.goto(f"{api.url}/#/studies/{study_id}")
     narrow.page.wait_for_selector("#trials tr[data-state]")
-    for plot in ("history", "curves", "parallel", "param-learning_rate"):
-        narrow.page.wait_for_selector(f"#plot-{plot} .main-svg", timeout=60_000)
+    for drawn in (
+        "#plot-history .scatterlayer .point",
+        "#plot-curves .scatterlayer .js-line",
+        "#plot-parallel polyline.pc-line",
+        "#plot-param-learning_rate .scatterlayer .point",
+    ):
+        narrow.page.wait_for_selector(drawn, timeout=60_000)
     # Importance: drawn, or the count still needed (with fewer than 5 complete trials).
     narrow.page.wait_for_selector("#plot-importance .main-svg, #plot-importance p", timeout=60_000)
     width = narrow.page.evaluate("document.documentElement.scrollWidth")
@@ -292,10 +299,180 @@ def test_with_auth_on_the_dashboard_asks_for_a_user_token(make_api, browser) -> 
     before = len(tab.errors)
     page.click("#sign-out")
     page.wait_for_selector("#sign-in")
-    # Signing out reloads the page: what it was still loading (plotly.js, a poll) is aborted
-    # by design. Any other failure still counts.
+    # Signing out aborts the page's requests in flight, then reloads it (which aborts plotly.js
+    # if it was still loading): aborted by design. Any other failure still counts.
     tab.errors[before:] = [e for e in tab.errors[before:] if not e.endswith("net::ERR_ABORTED")]
     assert "Signed out" in page.inner_text("#sign-in-error")
     assert tab.context.request.get(f"{api.url}/api/v1/studies").status == 401
     assert not tab.errors, tab.errors
+    tab.close()
+
+
+# Records every Content-Security-Policy violation of the page, from before its first script.
+CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.__cspViolations.push(
+  `${e.violatedDirective}: ${e.blockedURI} at ${e.sourceFile}:${e.lineNumber}`));
+"""
+# The marks that carry data in each plot of the page: plotly's markers, lines and bars, and the
+# parallel coordinates' polylines. An empty plot (a WebGL trace the CSP stopped) still has its
+# frame, .main-svg, but none of these.
+DRAWN_MARKS = """() => {
+  const drawn = (plot, sel) => [...plot.querySelectorAll(sel)].filter((e) =>
+    (e.getAttribute(e.tagName === "polyline" ? "points" : "d") || "").length > 2).length;
+  return Object.fromEntries([...document.querySelectorAll(".plot")].map((plot) => [plot.id, {
+    points: drawn(plot, ".scatterlayer .point"),
+    lines: drawn(plot, ".scatterlayer .js-line"),
+    bars: drawn(plot, ".barlayer .bars .point path"),
+    polylines: drawn(plot, "polyline.pc-line"),
+  }]));
+}"""
+# The parallel coordinates' axes: name, tick labels and their heights.
+PARALLEL_AXES = """() => [...document.querySelectorAll("#plot-parallel .pc-axis")].map((axis) => ({
+  name: axis.querySelector(".pc-name").textContent,
+  ticks: [...axis.querySelectorAll("text:not(.pc-name)")].map((t) =>
+    [t.textContent, Number(t.getAttribute("y"))]),
+}))"""
+
+EVERY_PLOT_STUDY = spec(
+    "every-plot",
+    n_trials=20,
+    training={"epochs": 3, "optimizer": "sgd"},
+    search_space={
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 0.3, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "batch_size": {"type": "int", "low": 16, "high": 64},
+        "clip_mode": {"type": "categorical", "choices": ["value", "norm"]},
+        "clip_threshold": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+    },
+    pruner={"type": "median", "n_startup_trials": 6, "n_warmup_steps": 1},
+)
+
+
+def test_every_plot_of_a_finished_study_draws_its_trials_under_the_csp(
+    make_api, workers, browser, tmp_path
+) -> None:
+    api = make_api("sqlite")
+    created = api.http.post("/api/v1/studies", json=EVERY_PLOT_STUDY)
+    assert created.status_code == 201, created.text
+    study_id = created.json()["id"]
+    workers(api.url, 2)
+    wait_until_done(api, study_id, 300)
+    analysis = api.http.get(f"/api/v1/studies/{study_id}/analysis").json()
+    importance = api.http.get(f"/api/v1/studies/{study_id}/importance").json()
+    trials, metric = analysis["trials"], analysis["objective"]["metric"]
+    finished = [i for i, v in enumerate(trials["value"]) if v is not None]
+    complete = [i for i in finished if trials["state"][i] == "complete"]
+    assert len(finished) >= 18 and len(complete) >= 5 and importance["ready"], trials["state"]
+    names = [p["name"] for p in analysis["searched"]]
+    assert names == list(EVERY_PLOT_STUDY["search_space"])
+
+    tab = Tab(browser, width=1400, height=900)
+    page = tab.page
+    page.add_init_script(CSP_VIOLATIONS)
+    page.goto(f"{api.url}/#/studies/{study_id}")
+    # Every plot of the page, each with one mark per trial (or epoch, or parameter) it shows.
+    curves = analysis["curves"]
+    expected = {
+        "plot-history": {"points": len(finished), "lines": 1},  # and the best-so-far line
+        "plot-curves": {
+            "points": sum(len(c["values"]) for c in curves),
+            "lines": len(curves),  # one line per trial
+        },
+        "plot-parallel": {"polylines": len(complete)},
+        "plot-importance": {"bars": len(importance["importances"])},
+        **{f"plot-param-{name}": {"points": len(finished)} for name in names},
+    }
+    # Each plot draws in one go: once every one shows a mark, each has drawn all of its own.
+    deadline, marks = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        marks = page.evaluate(DRAWN_MARKS)
+        if set(marks) == set(expected) and all(any(m.values()) for m in marks.values()):
+            break
+        page.wait_for_timeout(300)
+    violations = page.evaluate("window.__cspViolations")
+    drawn = {
+        plot: {k: marks.get(plot, {}).get(k, 0) for k in want} for plot, want in expected.items()
+    }
+    assert drawn == expected, f"CSP violations: {violations}"
+    assert len(importance["importances"]) == len(names)
+
+    # Log axes where the search is log-scaled; a categorical parameter shows its choices.
+    axis_types = page.evaluate(
+        "(names) => names.map((n) => document.getElementById('plot-param-' + n).layout.xaxis.type)",
+        names,
+    )
+    assert axis_types == ["log", "linear", "linear", "category", "log"]
+    ticks = page.eval_on_selector_all(
+        "#plot-param-clip_mode .xtick text", "ts => ts.map(t => t.textContent)"
+    )
+    assert ticks == ["value", "norm"]
+    # Parallel coordinates: one axis per searched parameter, then the objective; the log-scaled
+    # learning rate has its decades equally spaced.
+    axes = page.evaluate(PARALLEL_AXES)
+    assert [a["name"] for a in axes] == [*names, metric]
+    assert [text for text, _ in axes[3]["ticks"]] == ["value", "norm"]
+    decades = axes[0]["ticks"]
+    assert [float(text) for text, _ in decades] == [0.001, 0.01, 0.1]
+    gaps = [a[1] - b[1] for a, b in itertools.pairwise(decades)]
+    assert max(gaps) - min(gaps) < 1, decades
+    colors = page.eval_on_selector_all(
+        "#plot-parallel .pc-line", "ls => new Set(ls.map(l => l.getAttribute('stroke'))).size"
+    )
+    assert colors > 1  # colored by the objective
+
+    assert violations == [] and page.evaluate("window.__cspViolations") == []
+    assert tab.errors == []
+    path = tmp_path / "study-every-plot.png"
+    page.screenshot(path=str(path), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, SHOTS / "12-study-every-plot.png")
+    print(f"screenshot: {path} and {SHOTS / '12-study-every-plot.png'}")
+    tab.close()
+
+
+def test_signing_out_while_a_poll_is_in_flight_logs_no_error(make_api, browser) -> None:
+    api = make_api("sqlite", HPSEARCH_AUTH="on")
+    study = api.http.post("/api/v1/studies", json=spec("poll-at-sign-out", n_trials=2)).json()
+    tab = Tab(browser)
+    page = tab.page
+    page.goto(f"{api.url}/")
+    page.fill("#token", api.token or "")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector(f"text={study['name']}")  # the studies list, drawn once signed in
+    page.goto(f"{api.url}/#/studies/{study['id']}")
+    page.wait_for_selector("#study-status")
+
+    # The page's next poll of the study is held on its way to the service, and goes on only once
+    # the service has ended the session: it would be answered 401, an error in the console,
+    # unless the page dropped it before signing out.
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(f"**/api/v1/studies/{study['id']}", hold, times=1)
+    wait_for(lambda: page.wait_for_timeout(50) or held, 10, "the page's next poll")
+
+    def end_the_session_then_release_the_poll(route: Route) -> None:
+        if route.request.method != "DELETE":
+            route.continue_()
+            return
+        ended = route.fetch()
+        held[0].continue_()
+        held[0].request.response()  # its answer, or None when the page dropped it
+        route.fulfill(response=ended)
+
+    page.route("**/api/v1/session", end_the_session_then_release_the_poll)
+    answers: list[tuple[str, int]] = []
+    page.on("response", lambda r: answers.append((r.request.method + " " + r.url, r.status)))
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in")
+    assert "Signed out" in page.inner_text("#sign-in-error")
+    assert [a for a in answers if a[1] == 401] == []
+    poll = f"{api.url}/api/v1/studies/{study['id']}"
+    assert f"{poll} net::ERR_ABORTED" in failed, failed  # dropped by the page, not answered
+    assert [e for e in tab.errors if not e.endswith("net::ERR_ABORTED")] == []
     tab.close()

@@ -44,10 +44,21 @@ function since(iso, until) {
   return Math.max(0, (end - Date.parse(iso + "Z")) / 1000);
 }
 
+// Every request of the page's API calls, so that signing out can abort them all at once.
+const pageRequests = new AbortController();
+
 async function api(path, options = {}) {
-  const response = await fetch(API + path, {
-    headers: { "Content-Type": "application/json" }, ...options });
-  const text = await response.text();
+  let response, text;
+  try {
+    response = await fetch(API + path, {
+      headers: { "Content-Type": "application/json" }, signal: pageRequests.signal, ...options });
+    text = await response.text();
+  } catch (error) {
+    // Aborted by the sign-out: the page is about to be replaced, so no caller waits for an
+    // answer (none will come, and nothing is drawn or reported for it).
+    if (pageRequests.signal.aborted) return new Promise(() => {});
+    throw error;
+  }
   const body = text ? JSON.parse(text) : null;
   if (!response.ok) {
     const error = new Error(body?.detail || `HTTP ${response.status}`);
@@ -74,13 +85,17 @@ function loadPlotly() {
   return plotlyLoaded;
 }
 
+// Draws (or redraws) a plot with SVG traces only: WebGL ones (scattergl, parcoords) compile
+// their shaders with eval, which the page's Content-Security-Policy forbids. Resolves once drawn.
 function plot(id, traces, layout) {
   const el = document.getElementById(id);
-  if (!el || !window.Plotly) return;
-  const base = { margin: { l: 55, r: 15, t: 35, b: 45 }, autosize: true,
-                 legend: { orientation: "h" }, font: { size: 11 } };
-  Plotly.react(el, traces, { ...base, ...layout },
-               { responsive: true, displaylogo: false, displayModeBar: "hover" });
+  if (!el || !window.Plotly) return Promise.resolve();
+  // The legend sits at the bottom of the frame, below the x axis' title.
+  const base = { autosize: true, font: { size: 11 },
+                 legend: { orientation: "h", yref: "container", y: 0, yanchor: "bottom" } };
+  const margin = { l: 55, r: 15, t: 35, b: 65, ...layout.margin };
+  return Plotly.react(el, traces, { ...base, ...layout, margin },
+                      { responsive: true, displaylogo: false, displayModeBar: "hover" });
 }
 
 // -- router -------------------------------------------------------------------------------------
@@ -124,9 +139,19 @@ function renderSignIn(message = "") {
 
 async function signOut(event) {
   event.preventDefault();
-  await fetch(`${API}/session`, { method: "DELETE" });
-  // A fresh page: nothing the previous one was still loading can draw over the form.
-  location.replace("/?signed-out");
+  // First nothing more is asked for, and what is in flight is dropped: a request that reached
+  // the service after the session ended would be answered 401 (an error in the console, and the
+  // sign-in form drawn twice). Only then does the session end.
+  stopPolling();
+  stopPolling = () => {};
+  pageRequests.abort();
+  try {
+    await fetch(`${API}/session`, { method: "DELETE" });
+  } finally {
+    // A fresh page, whatever the answer: this one asks for nothing more, and nothing it was
+    // still loading can draw over the sign-in form.
+    location.replace("/?signed-out");
+  }
 }
 
 // -- routing --------------------------------------------------------------------------------------
@@ -137,10 +162,15 @@ async function route() {
   const hash = location.hash || "#/";
   const study = hash.match(/^#\/studies\/(\d+)/);
   try {
+    const trialPage = trialRoute(hash);  // trial.js: #/studies/ID/trials/N, .../compare/N,M
     if (hash.startsWith("#/new")) await renderForm();
+    else if (trialPage) await trialPage();
     else if (study) await renderStudy(Number(study[1]));
     else await renderList(Number(new URLSearchParams(hash.split("?")[1]).get("page") || 0));
   } catch (error) {
+    // A page left while it was still loading (a trial opened from a study's table before its
+    // plots were drawn) fails on the next page's elements: that error is not the next page's.
+    if ((location.hash || "#/") !== hash) return console.warn(`${hash} left:`, error.message);
     if (error.status === 401) renderSignIn();
     else view().innerHTML = `<p class="errors">Could not load this page: ${esc(error.message)}</p>`;
   }
@@ -546,6 +576,7 @@ async function drawTrials(id, state) {
     ${params.map((p) => `<th>${esc(p)}</th>`).join("")}${th("value", metric)}${th("epochs_run", "epochs")}
     ${th("duration", "duration")}<th>worker</th><th>reason</th></tr></thead><tbody>${rows ||
     `<tr><td colspan="${params.length + 7}" class="muted">No trial yet.</td></tr>`}</tbody>`;
+  wireTrialRows(id);  // trial.js: rows open their trial; checkboxes pick trials to compare
   document.querySelectorAll("#trials th[data-sort]").forEach((el) => {
     el.onclick = () => {
       const key = el.dataset.sort;
@@ -569,9 +600,32 @@ const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() =>
   window.scheduler?.postTask ? scheduler.postTask(resolve, { priority: "background" })
                              : setTimeout(resolve)));
 const MAX_PARALLEL = 1000;
+// SVG draws each marker as an element of its own: past MAX_POINTS a plot takes long to draw
+// and to follow the pointer. A larger study draws the best MAX_POINTS / 2 complete trials and an
+// even spread of the others in trial order (early and late trials both show), and its plots'
+// titles say so.
+const MAX_POINTS = 1000;
+const countText = (n) => n.toLocaleString("en");
+
+function drawnTrials(done, t, maximize) {
+  if (done.length <= MAX_POINTS) return { shown: done, note: "" };
+  const best = done.filter((i) => t.state[i] === "complete")
+    .sort((i, j) => (maximize ? t.value[j] - t.value[i] : t.value[i] - t.value[j]))
+    .slice(0, MAX_POINTS / 2);
+  const keep = new Set(best);
+  const rest = done.filter((i) => !keep.has(i));
+  const spread = MAX_POINTS - keep.size;
+  for (let k = 0; k < spread; k++) keep.add(rest[Math.floor((k * rest.length) / spread)]);
+  return { shown: done.filter((i) => keep.has(i)),
+           note: `${countText(keep.size)} of ${countText(done.length)} trials drawn: the best ` +
+                 `${countText(best.length)} and an even spread of the others` };
+}
 
 async function drawPlots(id) {
   const [a] = await Promise.all([api(`/studies/${id}/analysis`), loadPlotly()]);
+  // Each plot waits its turn (below): the page may have moved on to another view meanwhile.
+  const left = () => !document.getElementById("plot-params");
+  if (left()) return;
   // Importance may take seconds the first time on a large study: it draws when it comes.
   api(`/studies/${id}/importance`).then(drawImportance).catch((e) => console.warn(e.message));
   const t = a.trials, metric = a.objective.metric, maximize = a.objective.direction === "maximize";
@@ -584,22 +638,26 @@ async function drawPlots(id) {
     }
     return best;
   });
-  // Indices of the finished trials in each state that has a value, computed once for all plots.
+  // The trials drawn as markers, in each state that has a value, computed once for all plots.
+  const { shown, note } = drawnTrials(done, t, maximize);
   const inState = Object.fromEntries(["complete", "pruned"].map((s) =>
-    [s, done.filter((i) => t.state[i] === s)]));
-  plot("plot-history", [
-    ...["complete", "pruned"].map((s) => ({ type: "scattergl", mode: "markers", name: s,
+    [s, shown.filter((i) => t.state[i] === s)]));
+  const titled = (text) => (note ? { title: { text, subtitle: { text: note } }, margin: { t: 60 } }
+                                 : { title: { text } });
+  await plot("plot-history", [
+    ...["complete", "pruned"].map((s) => ({ type: "scatter", mode: "markers", name: s,
       x: inState[s].map((i) => t.number[i]), y: inState[s].map((i) => t.value[i]),
       marker: { color: STATE_COLORS[s], size: 6 } })),
-    { type: "scattergl", mode: "lines", name: "best so far", x: done.map((i) => t.number[i]),
-      y: bestSoFar, line: { color: "#15803d" } },
-  ], { title: { text: "Optimization history" }, xaxis: { title: { text: "trial" } },
+    // One path over every finished trial, however many markers are drawn.
+    { type: "scatter", mode: "lines", name: "best so far", x: done.map((i) => t.number[i]),
+      y: bestSoFar, line: { color: "#15803d", shape: "hv" }, hoverinfo: "skip" },
+  ], { ...titled("Optimization history"), xaxis: { title: { text: "trial" } },
        yaxis: { title: { text: metric } } });
   await nextFrame();
   // Learning curves: one trace per state, trials separated by gaps (hundreds of traces would
   // be slow); pruned trials stop short, drawn in orange.
   const curveStates = [...new Set(a.curves.map((c) => c.state))];
-  plot("plot-curves", curveStates.map((s) => {
+  await plot("plot-curves", curveStates.map((s) => {
     const x = [], y = [], text = [];
     for (const c of a.curves.filter((c) => c.state === s)) {
       c.values.forEach((v, k) => { x.push(k + 1); y.push(v); text.push(c.number); });
@@ -609,10 +667,12 @@ async function drawPlots(id) {
       line: { color: STATE_COLORS[s] || "#9ca3af", width: 1 }, marker: { size: 4 },
       opacity: s === "pruned" ? 0.9 : 0.6, connectgaps: false,
       hovertemplate: `trial %{text} (${s})<br>epoch %{x}: %{y:.4f}<extra></extra>` };
-  }), { title: { text: `Learning curves (${a.curves.length} of ${a.curves_total} trials; pruned in orange)` },
+  }), { title: { text: `Learning curves (${countText(a.curves.length)} of ${countText(a.curves_total)} trials; pruned in orange)` },
          xaxis: { title: { text: "epoch" }, range: [0.8, a.epochs + 0.2], dtick: 1 },
          yaxis: { title: { text: metric } } });
-  // Each searched parameter against the objective; log axes where the search is log-scaled.
+  // Each searched parameter against the objective; log axes where the search is log-scaled,
+  // a categorical parameter's choices in the order of the search space.
+  if (left()) return;
   const container = $("#plot-params");
   const wanted = a.searched.map((p) => `plot-param-${p.name}`).join(",");
   if (container.dataset.ids !== wanted) {
@@ -622,36 +682,53 @@ async function drawPlots(id) {
   }
   for (const p of a.searched) {
     await nextFrame();
-    plot(`plot-param-${p.name}`, ["complete", "pruned"].map((s) => ({
-      type: "scattergl", mode: "markers", name: s, x: inState[s].map((i) => t.params[p.name][i]),
-      y: inState[s].map((i) => t.value[i]), marker: { color: STATE_COLORS[s], size: 6 } })),
-    { title: { text: p.name }, xaxis: { title: { text: p.name }, type: p.log ? "log" : "-" },
-      yaxis: { title: { text: metric } } });
+    if (left()) return;
+    const categorical = p.type === "categorical";
+    const xOf = (i) => (categorical ? String(t.params[p.name][i]) : t.params[p.name][i]);
+    await plot(`plot-param-${p.name}`, ["complete", "pruned"].map((s) => ({
+      type: "scatter", mode: "markers", name: s, x: inState[s].map(xOf),
+      y: inState[s].map((i) => t.value[i]), text: inState[s].map((i) => t.number[i]),
+      marker: { color: STATE_COLORS[s], size: 6 },
+      hovertemplate: `trial %{text} (${s})<br>${esc(p.name)} %{x}: %{y:.4f}<extra></extra>` })),
+    { ...titled(p.name), yaxis: { title: { text: metric } },
+      xaxis: { title: { text: p.name }, type: p.log ? "log" : categorical ? "category" : "-",
+               ...(categorical ? { categoryorder: "array", categoryarray: p.choices.map(String) }
+                               : searchAxis(p)) } });
   }
   await nextFrame();
-  // Parallel coordinates over the searched parameters, coloured by the objective: the best
+  if (left()) return;
+  // Parallel coordinates over the searched parameters and the objective: the best
   // MAX_PARALLEL complete trials (thousands of lines would only draw a solid block).
-  const complete = [...inState.complete].sort((i, j) =>
-    maximize ? t.value[j] - t.value[i] : t.value[i] - t.value[j]).slice(0, MAX_PARALLEL);
-  if (complete.length) {
-    const dims = a.searched.map((p) => {
-      const raw = complete.map((i) => t.params[p.name][i]);
-      if (p.type === "categorical") {
-        const labels = p.choices.map(String);
-        return { label: p.name, values: raw.map((v) => labels.indexOf(String(v))),
-                 tickvals: labels.map((_, k) => k), ticktext: labels };
-      }
-      return p.log ? { label: `log10 ${p.name}`, values: raw.map((v) => Math.log10(v)) }
-                   : { label: p.name, values: raw };
-    });
-    const values = complete.map((i) => t.value[i]);
-    plot("plot-parallel", [{ type: "parcoords", dimensions: [...dims, { label: metric, values }],
-      line: { color: values, colorscale: "Viridis", showscale: true, reversescale: !maximize } }],
-    { title: { text: `Parallel coordinates (best ${complete.length} complete trials)`, y: 0.98 },
-      margin: { l: 60, r: 60, t: 90, b: 30 } });
+  const complete = done.filter((i) => t.state[i] === "complete").sort((i, j) =>
+    maximize ? t.value[j] - t.value[i] : t.value[i] - t.value[j]);
+  const chosen = complete.slice(0, MAX_PARALLEL);
+  if (chosen.length) {
+    const values = chosen.map((i) => t.value[i]);
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const axes = [...a.searched.map((p) => parallelAxis(p)),
+                  numericAxis(metric, lo, hi, false)];
+    const columns = [...a.searched.map((p) => t.params[p.name]), t.value];
+    const lines = chosen.map((i) => ({
+      at: axes.map((axis, k) => axis.pos(columns[k][i])),
+      color: objectiveColor(t.value[i], lo, hi, maximize),
+      label: `trial ${t.number[i]}: ${metric} ${fmt(t.value[i])}`,
+    })).filter((line) => line.at.every(Number.isFinite)).reverse();  // the best drawn last, on top
+    const title = `Parallel coordinates (${chosen.length < complete.length ? "best " : ""}` +
+      `${countText(chosen.length)} of ${countText(complete.length)} complete trials` +
+      `${lines.length < chosen.length ? `; ${chosen.length - lines.length} lacking a value left out` : ""})`;
+    drawParallel($("#plot-parallel"), axes, lines, title, { lo, hi, maximize });
   } else {
     $("#plot-parallel").innerHTML = `<p class="muted">Parallel coordinates appear with the first complete trial.</p>`;
   }
+}
+
+// A numeric parameter's axis spans its whole search range (a little more, so that a marker at
+// either end shows whole): where the trials fell in it reads at a glance. A log axis is in log10
+// units, as plotly takes them, labelled at 1, 2 and 5 times each power of ten (not every digit).
+function searchAxis(p) {
+  const [low, high] = p.log ? [Math.log10(p.low), Math.log10(p.high)] : [p.low, p.high];
+  const pad = 0.03 * (high - low || 1);
+  return { range: [low - pad, high + pad], ...(p.log && high - low <= 3 ? { dtick: "D2" } : {}) };
 }
 
 function drawImportance(importance) {
@@ -666,4 +743,109 @@ function drawImportance(importance) {
     $("#plot-importance").innerHTML = `<p class="muted">Parameter importance appears once
       ${importance.needed} trials completed (${importance.complete} so far).</p>`;
   }
+}
+
+// -- parallel coordinates ---------------------------------------------------------------------
+// Drawn in SVG by this script: plotly's parcoords needs WebGL, whose shaders are compiled with
+// eval, which the page's Content-Security-Policy forbids. An axis maps a value to [0, 1]
+// (bottom to top), or to NaN when it has no place on it.
+
+const VIRIDIS = [[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
+                 [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]];
+
+// Viridis, from dark purple (the worst objective) to yellow (the best).
+function objectiveColor(value, lo, hi, maximize) {
+  const f = hi > lo ? (value - lo) / (hi - lo) : Number(maximize);  // one value: the best
+  const x = (maximize ? f : 1 - f) * (VIRIDIS.length - 1);
+  const k = Math.min(Math.floor(x), VIRIDIS.length - 2), r = x - k;
+  return `rgb(${VIRIDIS[k].map((c, n) => Math.round(c + r * (VIRIDIS[k + 1][n] - c))).join(",")})`;
+}
+
+function parallelAxis(p) {
+  if (p.type === "categorical") {
+    const labels = p.choices.map(String);
+    const at = (k) => (labels.length > 1 ? k / (labels.length - 1) : 0.5);
+    const every = Math.ceil(labels.length / 12);  // at most 12 labels, each readable
+    return { label: p.name, pos: (v) => { const k = labels.indexOf(String(v)); return k < 0 ? NaN : at(k); },
+             ticks: labels.map((text, k) => ({ at: at(k), text })).filter((_, k) => k % every === 0) };
+  }
+  return numericAxis(p.name, p.low, p.high, p.log, p.type === "int");
+}
+
+function numericAxis(label, low, high, log, integer = false) {
+  const f = log ? Math.log10 : (v) => v, g = log ? (v) => 10 ** v : (v) => v;
+  let a = f(low), b = f(high);
+  if (!(b > a)) { const pad = Math.abs(a) / 10 || 1; a -= pad; b += pad; }  // a single value
+  const pos = (v) => (v === null || v === undefined ? NaN : (f(v) - a) / (b - a));
+  const values = tickValues(g(a), g(b), log, integer);
+  const step = !log && values.length > 1 ? values[1] - values[0] : 0;
+  return { label, pos, ticks: values.map((v) => ({ at: pos(v), text: tickText(v, step) })) };
+}
+
+// Round values in [lo, hi]: powers of ten (and 2x, 5x over a short span) on a log axis, else
+// steps of 1, 2 or 5 times a power of ten.
+function tickValues(lo, hi, log, integer) {
+  const out = [];
+  if (log) {
+    const first = Math.floor(Math.log10(lo)), last = Math.ceil(Math.log10(hi));
+    const steps = last - first <= 2 ? [1, 2, 5] : [1];
+    for (let e = first; e <= last; e++) {
+      for (const m of steps) {
+        const v = Number((m * 10 ** e).toPrecision(12));
+        if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) out.push(v);
+      }
+    }
+    return out;
+  }
+  const raw = (hi - lo) / 4, e = 10 ** Math.floor(Math.log10(raw)), m = raw / e;
+  const step = Math.max((m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10) * e, integer ? 1 : 0);
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+    out.push(Number(v.toPrecision(12)));
+  }
+  return out;
+}
+
+// As many decimals as the step between ticks needs (3 significant digits on a log axis), and
+// an exponent for the very small and the very large.
+function tickText(v, step = 0) {
+  if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4)) {
+    return Number(v.toPrecision(3)).toExponential().replace("e+", "e");
+  }
+  return step > 0 ? v.toFixed(Math.max(0, -Math.floor(Math.log10(step) + 1e-9)))
+                  : String(Number(v.toPrecision(3)));
+}
+
+// ``lines``: [{at: a position on each axis, color, label}], drawn in this order; ``scale``: the
+// objective's lowest and highest value, and its direction, for the color scale.
+function drawParallel(el, axes, lines, title, scale) {
+  const W = Math.max(el.clientWidth, 300), H = 380, left = 48, right = 84, bottom = 22;
+  const gap = (W - left - right) / Math.max(axes.length - 1, 1);
+  // Axis names take as many rows as they need not to overlap (at most 3).
+  const widest = Math.max(...axes.map((axis) => axis.label.length)) * 6.6;
+  const rows = Math.min(3, Math.max(1, Math.ceil(widest / gap)));
+  const top = 34 + 14 * rows;
+  const round = (v) => Math.round(10 * v) / 10;
+  const x = (k) => round(left + k * gap), y = (at) => round(top + (1 - at) * (H - top - bottom));
+  const polylines = lines.map((line) => `<polyline class="pc-line" stroke="${line.color}"
+    points="${line.at.map((at, k) => `${x(k)},${y(at)}`).join(" ")}"><title>${esc(line.label)}</title></polyline>`);
+  const axisMarks = axes.map((axis, k) => `<g class="pc-axis">
+    <line x1="${x(k)}" x2="${x(k)}" y1="${y(1)}" y2="${y(0)}"></line>
+    ${axis.ticks.map((tick) => `<line x1="${x(k) - 4}" x2="${x(k)}" y1="${y(tick.at)}" y2="${y(tick.at)}"></line>
+      <text x="${x(k) - 6}" y="${y(tick.at) + 3.5}" text-anchor="end">${esc(tick.text)}</text>`).join("")}
+    <text class="pc-name" x="${x(k)}" y="${top - 10 - 14 * (rows - 1 - (k % rows))}"
+          text-anchor="middle">${esc(axis.label)}</text></g>`);
+  const { lo, hi, maximize } = scale, bar = W - 54;
+  // A few lines each stand out; a thousand show where they crowd.
+  const opacity = Math.min(0.8, Math.max(0.15, 6 / Math.sqrt(lines.length)));
+  const stops = Array.from({ length: 11 }, (_, k) => `<stop offset="${k / 10}"
+    stop-color="${objectiveColor(lo + (k / 10) * (hi - lo), lo, hi, maximize)}"></stop>`);
+  el.innerHTML = `<svg class="parallel" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">
+    <defs><linearGradient id="pc-scale" x1="0" y1="1" x2="0" y2="0">${stops.join("")}</linearGradient></defs>
+    <text class="pc-title" x="${W / 2}" y="18" text-anchor="middle">${esc(title)}</text>
+    <g class="pc-lines" stroke-opacity="${opacity.toFixed(2)}">${polylines.join("")}</g>${axisMarks.join("")}
+    <rect class="pc-scale" x="${bar}" y="${y(1)}" width="10" height="${y(0) - y(1)}"
+          fill="url(#pc-scale)"></rect>
+    <text class="pc-scale-label" x="${bar + 14}" y="${y(1) + 8}">${esc(fmt(hi))}</text>
+    <text class="pc-scale-label" x="${bar + 14}" y="${y(0)}">${esc(fmt(lo))}</text>
+  </svg>`;
 }
