@@ -476,3 +476,34 @@ def test_signing_out_while_a_poll_is_in_flight_logs_no_error(make_api, browser) 
     assert f"{poll} net::ERR_ABORTED" in failed, failed  # dropped by the page, not answered
     assert [e for e in tab.errors if not e.endswith("net::ERR_ABORTED")] == []
     tab.close()
+
+
+def test_a_page_left_while_it_loads_draws_nothing_over_the_next_one(make_api, browser) -> None:
+    """The studies list is left for a study before its first answer came: that late answer must
+    not draw the list over the study's page, nor leave the list's poll running."""
+    api = make_api("sqlite")
+    study = api.http.post("/api/v1/studies", json=spec("left-while-loading", n_trials=2)).json()
+    tab = Tab(browser)
+    page = tab.page
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route("**/api/v1/studies?offset=0*", hold, times=1)
+    page.goto(f"{api.url}/")
+    wait_for(lambda: page.wait_for_timeout(50) or held, 10, "the list's first request")
+
+    page.evaluate(f"location.hash = '#/studies/{study['id']}'")
+    page.wait_for_selector("#study-status")
+    lists: list[str] = []
+    page.on("request", lambda r: lists.append(r.url) if "/api/v1/studies?offset" in r.url else 0)
+    held[0].continue_()
+    page.wait_for_timeout(4000)  # the list polls every 3 s
+
+    assert page.query_selector("#study-status") is not None, page.inner_text("#view")[:300]
+    assert page.query_selector("#studies") is None  # the list's table was not drawn over it
+    assert lists == []  # and the list does not poll behind the study's page
+    assert study["name"] in page.inner_text("#study-head")
+    assert tab.errors == []
+    tab.close()

@@ -9,6 +9,11 @@ const POLL_MS = 2000;
 const TRIAL_PAGE = 50;
 const FINISHED = ["complete", "pruned", "diverged", "timed_out", "failed"];
 let stopPolling = () => {};
+// Which page is shown: route() counts them. A render notes the number it was started for
+// (``const shown = shownPage`` before its first await), and one whose page the user left while
+// its requests were in flight draws nothing and starts no poll (see ``showing`` and ``poll``).
+let shownPage = 0;
+const showing = (page) => page === shownPage;
 
 // -- helpers ----------------------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ async function refreshSession() {
 function renderSignIn(message = "") {
   stopPolling();
   stopPolling = () => {};
+  shownPage += 1;
   view().innerHTML = `<h1>Sign in</h1>
     <div class="card"><form id="sign-in">
       <p class="muted">This service asks for a user token. Make one where it runs:
@@ -159,6 +165,7 @@ async function signOut(event) {
 async function route() {
   stopPolling();
   stopPolling = () => {};
+  shownPage += 1;
   const hash = location.hash || "#/";
   const study = hash.match(/^#\/studies\/(\d+)/);
   try {
@@ -201,12 +208,19 @@ function every(ms, fn) {
   return () => { stopped = true; clearTimeout(timer); };
 }
 
+// Polls ``fn`` every ``ms`` while ``page`` is shown; nothing if it was left already.
+function poll(page, ms, fn) {
+  if (!showing(page)) return;
+  stopPolling = every(ms, async () => { if (showing(page)) await fn(); });
+}
+
 // -- studies list ---------------------------------------------------------------------------------
 
 async function renderList(page) {
-  const limit = 20;
+  const shown = shownPage, limit = 20;
   const draw = async () => {
     const data = await api(`/studies?offset=${page * limit}&limit=${limit}`);
+    if (!showing(shown)) return;
     const rows = data.data.map((s) => {
       const c = s.trial_counts;
       const failed = c.failed + c.diverged + c.timed_out;
@@ -232,7 +246,7 @@ async function renderList(page) {
       <a class="button" href="#/?page=${Math.min(page + 1, pages - 1)}">Older</a></div>`;
   };
   await draw();
-  stopPolling = every(3000, draw);
+  poll(shown, 3000, draw);
 }
 
 // -- launch form ------------------------------------------------------------------------------
@@ -240,8 +254,10 @@ async function renderList(page) {
 let template = null;
 
 async function renderForm() {
+  const shown = shownPage;
   template = template || await api("/studies/-/template");
   const uploaded = (await api("/datasets?limit=1000")).data;
+  if (!showing(shown)) return;
   const spec = template.spec;
   const space = Object.entries(spec.search_space).map(([name, p]) => spaceRow(name, p)).join("");
   const select = (field, choices, value) => `<select data-field="${field}">${choices.map((c) =>
@@ -458,6 +474,7 @@ async function launch(spec, generalErrors, inFields) {
 // -- one study ----------------------------------------------------------------------------------
 
 async function renderStudy(id) {
+  const shown = shownPage;
   const state = { page: 0, filter: "", sort: "number", descending: false, cursor: -1,
                   study: null, plotsAt: 0 };
   view().innerHTML = `<div id="study-head"></div>
@@ -500,20 +517,22 @@ async function renderStudy(id) {
 
   async function refresh(force = false) {
     const study = await api(`/studies/${id}`);
+    if (!showing(shown)) return;
     state.study = study;
     drawHead(study);
     if (!force && study.change_seq === state.cursor) return;  // nothing changed
     state.cursor = study.change_seq;
     await drawTrials(id, state);
+    if (!showing(shown)) return;
     // Plots redraw at most every 5 s while trials stream in, after the table has painted.
     if (force || Date.now() - state.plotsAt > 5000 || !["queued", "running"].includes(study.status)) {
       state.plotsAt = Date.now();
       await nextFrame();
-      await drawPlots(id);
+      if (showing(shown)) await drawPlots(id);
     }
   }
   await refresh(true);
-  stopPolling = every(POLL_MS, () => refresh(false));
+  poll(shown, POLL_MS, () => refresh(false));
 }
 
 function drawHead(s) {

@@ -3,7 +3,8 @@
 // #/studies/ID/compare/N,M,... (curves overlaid, params side by side). app.js's route() asks
 // trialRoute() first; its drawTrials() calls wireTrialRows() to make rows open their trial and
 // to add the checkboxes that pick trials to compare. Uses app.js's helpers (api, esc, fmt,
-// badge, duration, since, loadPlotly, plot, every, stopPolling, POLL_MS, FINISHED, view, $).
+// badge, duration, since, loadPlotly, plot, poll, shownPage, showing, stopPolling, POLL_MS,
+// FINISHED, view, $).
 "use strict";
 
 const COMPARE_MIN = 2;
@@ -92,11 +93,10 @@ function kindTag(searched) {
     : `<span class="tag tag-fixed">fixed</span>`;
 }
 
-/** Polls while ``trials`` are not all finished; ``draw`` runs only while ``hash`` is shown. */
-function pollWhileRunning(trials, hash, draw) {
+/** Polls while ``trials`` are not all finished and page ``shown`` is (app.js's ``poll``). */
+function pollWhileRunning(trials, shown, draw) {
   if (trials.every((t) => FINISHED.includes(t.state))) return;
-  stopPolling = every(POLL_MS, async () => {
-    if (location.hash !== hash) return;
+  poll(shown, POLL_MS, async () => {
     if ((await draw()).every((t) => FINISHED.includes(t.state))) stopPolling();
   });
 }
@@ -104,9 +104,10 @@ function pollWhileRunning(trials, hash, draw) {
 // -- one trial ----------------------------------------------------------------------------------
 
 async function renderTrial(studyId, number) {
-  const hash = location.hash;
+  const shown = shownPage;
   const [study, trial] = await Promise.all([
     api(`/studies/${studyId}`), api(`/studies/${studyId}/trials/${number}`)]);
+  if (!showing(shown)) return;
   view().innerHTML = `<p><a id="back-to-study" href="#/studies/${studyId}">← ${esc(study.name)}</a></p>
     <h1>Trial ${trial.number} <span id="trial-state">${badge(trial.state)}</span></h1>
     <p id="trial-reason" class="muted"></p>
@@ -121,14 +122,14 @@ async function renderTrial(studyId, number) {
     </div>`;
   const draw = async (t = null) => {
     t ??= await api(`/studies/${studyId}/trials/${number}`);
-    if (location.hash !== hash) return [t];
+    if (!showing(shown)) return [t];
     drawTrialPage(study, t);
     await loadPlotly();
     drawTrialCurves(t);
     return [t];
   };
   await draw(trial);
-  pollWhileRunning([trial], hash, draw);
+  pollWhileRunning([trial], shown, draw);
 }
 
 function drawTrialPage(study, t) {
@@ -201,7 +202,7 @@ function drawTrialCurves(t) {
 // -- comparison ---------------------------------------------------------------------------------
 
 async function renderCompare(studyId, numbers) {
-  const hash = location.hash;
+  const shown = shownPage;
   if (numbers.length < COMPARE_MIN || numbers.length > COMPARE_MAX) {
     view().innerHTML = `<p><a href="#/studies/${studyId}">← back to the study</a></p>
       <p class="errors" id="compare-error">A comparison shows ${COMPARE_MIN} to ${COMPARE_MAX}
@@ -210,6 +211,7 @@ async function renderCompare(studyId, numbers) {
   }
   const load = () => Promise.all(numbers.map((n) => api(`/studies/${studyId}/trials/${n}`)));
   const [study, trials] = await Promise.all([api(`/studies/${studyId}`), load()]);
+  if (!showing(shown)) return;
   view().innerHTML = `<p><a id="back-to-study" href="#/studies/${studyId}">← ${esc(study.name)}</a></p>
     <h1>Comparing trials ${numbers.join(", ")}</h1>
     <div class="grid" id="compare-plots"></div>
@@ -218,14 +220,14 @@ async function renderCompare(studyId, numbers) {
       <div class="table-wrap"><table id="compare-params"></table></div></div>`;
   const draw = async (ts = null) => {
     ts ??= await load();
-    if (location.hash !== hash) return ts;
+    if (!showing(shown)) return ts;
     drawCompareTable(study, ts);
     await loadPlotly();
     drawCompareCurves(ts);
     return ts;
   };
   await draw(trials);
-  pollWhileRunning(trials, hash, draw);
+  pollWhileRunning(trials, shown, draw);
 }
 
 function drawCompareTable(study, trials) {
