@@ -31,6 +31,7 @@ from tests.service.conftest import (
     wait_until_done,
 )
 from tests.service.test_datasets import good_npz
+from tests.service.test_protocol import FakeWorker
 
 # The study and dataset commands' exit codes, as `hpsearch study --help` documents them.
 INVALID, UNREACHABLE, TOKEN_REFUSED, NOT_FOUND, CONFLICT = 2, 3, 4, 5, 6
@@ -93,15 +94,26 @@ def write_spec(tmp_path: Path, body: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.fixture
-def finished_study(api: Api, workers: Any) -> dict[str, Any]:
-    """A study of 4 trials, run to the end by a real worker (the default search space)."""
-    created = api.http.post("/api/v1/studies", json=spec(f"finished-{free_port()}"))
+def finish_study(api: Api, name: str) -> dict[str, Any]:
+    """A study of 4 trials of the default search space, run to the end through the worker
+    protocol (these tests are about the commands, not the training)."""
+    created = api.http.post("/api/v1/studies", json=spec(name))
     assert created.status_code == 201, created.text
-    workers(api.url, 1)
-    study = wait_until_done(api, created.json()["id"], timeout=240)
+    worker = FakeWorker(api.url, f"{name}-worker")
+    while (trial := worker.ask()) is not None:
+        value = 0.2 + 0.1 * trial["number"]
+        for epoch in (1, 2):
+            assert worker.report(trial, epoch, value).status_code == 200
+        assert worker.tell(trial, value=value, epochs=2).status_code == 200
+    study = wait_until_done(api, created.json()["id"], timeout=60)
     assert study["status"] == "completed", study
     return study
+
+
+@pytest.fixture(scope="module")
+def finished_study(api: Api) -> dict[str, Any]:
+    """One finished study for the tests that only read it."""
+    return finish_study(api, "finished")
 
 
 # -- failures: one line, one exit code each ------------------------------------------------------
@@ -386,10 +398,9 @@ def test_study_best_of_a_study_without_a_completed_trial_says_so(api: Api) -> No
 
 
 @on_sqlite
-def test_study_delete_asks_first_then_the_study_is_gone(
-    api: Api, finished_study: dict[str, Any]
-) -> None:
-    study_id, name = finished_study["id"], finished_study["name"]
+def test_study_delete_asks_first_then_the_study_is_gone(api: Api) -> None:
+    finished = finish_study(api, "to-delete")
+    study_id, name = finished["id"], finished["name"]
     prompt = f"delete study {study_id} ({name}, completed) and its 4 trials? [y/N] "
 
     kept = hpsearch("study", "delete", str(study_id), "--api", api.url, stdin="n\n")
