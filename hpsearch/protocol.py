@@ -13,6 +13,10 @@ Shaped like Vizier's client (ask / report / should-stop / complete):
   (``Assignment.dataset_file``); its ``X-Content-SHA256`` header is the hash to check.
 - ``POST /api/v1/trials/{trial_id}/tell`` with ``TellRequest`` -> 200; 409 once the trial is
   finished (a repeated tell changes nothing).
+- ``POST /api/v1/trials/{trial_id}/release`` with ``ReleaseRequest`` -> ``ReleaseAnswer``: the
+  worker hands an unfinished trial back, because it is stopping (re-run at once by another worker,
+  without waiting for the lease to expire) or because the trial's process died (re-run up to the
+  spec's ``max_retries``, then failed with the reason).
 
 A lease that is not renewed (by a report or a heartbeat) within ``lease_seconds`` expires: the
 trial is then re-run by another worker, with the same parameters.
@@ -111,3 +115,26 @@ class TellRequest(BaseModel):
     worker_id: WorkerId
     attempt: int = Field(ge=1)
     result: TrialResult
+
+
+class ReleaseRequest(BaseModel):
+    """A worker handing back a trial it will not finish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: WorkerId
+    attempt: int = Field(ge=1)
+    cause: Literal["stopping", "crashed"] = Field(
+        description="stopping: the worker is shutting down (the trial is re-run, no retry used); "
+        "crashed: the trial's process died (killed, out of memory): a retry is used"
+    )
+    reason: str = Field(max_length=2000, description="what happened, for the trial's record")
+
+
+class ReleaseAnswer(BaseModel):
+    """What became of a released trial."""
+
+    state: Literal["queued", "failed"] = Field(
+        description="queued: another attempt will run it; failed: no retry was left"
+    )
+    retries_left: int = Field(ge=0)

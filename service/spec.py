@@ -144,6 +144,9 @@ class StudySpec(_Strict):
     timeout_seconds: float | None = Field(None, gt=0, description="of the whole study")
     trial_timeout_seconds: float | None = Field(None, gt=0, description="of each trial")
     epochs: int | None = Field(None, ge=1, description="also accepted as training.epochs")
+    max_retries: int = Field(
+        1, ge=0, le=10, description="re-runs of a trial whose process died (killed, out of memory)"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
