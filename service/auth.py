@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from service.context import ServiceContext
 from service.db.models import ApiToken, utcnow
@@ -27,6 +27,8 @@ TokenKind = Literal["user", "worker"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("user", "worker")
 # Secret scanners (and people) can tell the kind from the prefix.
 _PREFIX = {"user": "hpsu_", "worker": "hpsw_"}
+# Far enough for any deployment, near enough that an expiry date never overflows.
+MAX_TOKEN_LIFETIME = timedelta(days=36_500)
 # last_used_at is written at most this often per token, not on every request.
 _TOUCH_SECONDS = 60
 
@@ -165,22 +167,68 @@ def register_token(ctx: ServiceContext, kind: TokenKind, name: str, secret: str)
         )
 
 
-def replace_token(ctx: ServiceContext, kind: TokenKind, name: str) -> str:
-    """Revoke the active tokens named ``name`` and create a new one; its secret. For tokens a
-    process makes for itself (``hpsearch serve``'s local workers)."""
+# ``hpsearch serve``'s own worker tokens: one per serve process, named after it.
+LOCAL_WORKERS_TOKEN = "hpsearch serve: local workers"
+
+
+def create_local_workers_token(
+    ctx: ServiceContext, instance: str, stale_after: timedelta
+) -> tuple[dict[str, Any], str]:
+    """A worker token for the local workers of the serve process ``instance`` (its row, its
+    secret). Never revokes another serve's token while that one is in use: several serve
+    processes share one database. Those of serves that crashed (no clean exit to revoke them)
+    are revoked here once unused for ``stale_after``: a live serve's workers use theirs every
+    few seconds (asking, heartbeating), so an idle one has no live holder."""
+    revoke_idle_tokens(ctx, "worker", LOCAL_WORKERS_TOKEN, stale_after)
+    return create_token(ctx, "worker", f"{LOCAL_WORKERS_TOKEN} ({instance})")
+
+
+def revoke_idle_tokens(
+    ctx: ServiceContext, kind: TokenKind, name_prefix: str, idle: timedelta
+) -> list[dict[str, Any]]:
+    """Revoke the active ``kind`` tokens whose name starts with ``name_prefix`` and that were
+    last used (or, never used, created) more than ``idle`` ago; the revoked rows."""
+    cutoff = utcnow() - idle
     with ctx.sessions.begin() as session:
-        session.execute(
-            update(ApiToken)
-            .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+        tokens = list(
+            session.scalars(
+                select(ApiToken).where(
+                    ApiToken.kind == kind,
+                    ApiToken.name.startswith(name_prefix, autoescape=True),
+                    ApiToken.revoked_at.is_(None),
+                    func.coalesce(ApiToken.last_used_at, ApiToken.created_at) < cutoff,
+                )
+            )
         )
-    return create_token(ctx, kind, name)[1]
+        for t in tokens:
+            t.revoked_at = utcnow()
+        rows = [_row(t) for t in tokens]
+    for r in rows:
+        log.info(
+            "idle token revoked",
+            extra={"token": r["id"], "token_name": r["name"], "last_used": r["last_used_at"]},
+        )
+    return rows
+
+
+def is_active(ctx: ServiceContext, token_id: str) -> bool:
+    """Whether the token with this id exists and is neither revoked nor expired."""
+    with ctx.sessions() as session:
+        t = session.get(ApiToken, token_id)
+        return (
+            t is not None
+            and t.revoked_at is None
+            and (t.expires_at is None or t.expires_at > utcnow())
+        )
 
 
 def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``: a token's lifetime on the command line."""
-    units = {"d": "days", "h": "hours", "m": "minutes"}
+    """``30d``, ``12h``, ``90m``, ``45s``: a token's lifetime on the command line."""
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
     number, unit = text[:-1], text[-1:]
     if unit not in units or not number.isdigit() or int(number) == 0:
-        raise ValueError(f"expected a number and d, h or m (e.g. 30d), got {text!r}")
-    return timedelta(**{units[unit]: int(number)})
+        raise ValueError(f"expected a number and d, h, m or s (e.g. 30d), got {text!r}")
+    seconds = int(number) * int(timedelta(**{units[unit]: 1}).total_seconds())
+    if seconds > MAX_TOKEN_LIFETIME.total_seconds():
+        raise ValueError(f"{text!r} is longer than {MAX_TOKEN_LIFETIME.days} days")
+    return timedelta(seconds=seconds)

@@ -9,9 +9,8 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -33,7 +32,11 @@ def register(subparsers: Any) -> None:
         "serve",
         help="the API, N local workers and SQLite, in one command",
         description="Start the API and N local worker processes. The database defaults to "
-        "SQLite under --data-dir; HPSEARCH_DATABASE_URL selects another (e.g. PostgreSQL).",
+        "SQLite under --data-dir; HPSEARCH_DATABASE_URL selects another (e.g. PostgreSQL). "
+        "A local worker that dies is restarted (after 1 s, doubling to 60 s). SIGTERM or "
+        "Ctrl-C drains: no new studies or trials, the workers finish or hand back their trials "
+        "(HPSEARCH_WORKER_STOP_GRACE, 5 s), then serve exits 0 (at most HPSEARCH_DRAIN_SECONDS, "
+        "8 s); a second signal hurries it.",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -71,7 +74,10 @@ def register(subparsers: Any) -> None:
     create_token.add_argument("name", help="who or what holds it, e.g. alice or gpu-box-3")
     create_token.add_argument("--kind", choices=("user", "worker"), default="user")
     create_token.add_argument(
-        "--expires-in", metavar="DURATION", help="e.g. 90d, 12h (default: never)"
+        "--expires-in",
+        metavar="DURATION",
+        help="a number and a unit: d (days), h (hours), m (minutes) or s (seconds), e.g. 90d, "
+        "12h, 30m, 45s (default: never)",
     )
     create_token.set_defaults(handler=run_token_create)
     list_tokens = actions.add_parser("list", help="every token, without its secret")
@@ -246,17 +252,27 @@ def _client_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """API + local workers. Workers get an equal share of the cores for their threads."""
+    """API + local workers, supervised; drains on SIGTERM or Ctrl-C, then exits 0 (see
+    ``service.api.lifecycle``). Workers get an equal share of the cores for their threads."""
     import uvicorn
+    from pydantic import ValidationError
 
     from hpsearch.logs import configure_logging
     from service.api.app import create_app
+    from service.api.lifecycle import CLOSE_SECONDS, GracefulServer, Shutdown
     from service.api.middleware import is_loopback
     from service.config import Settings
+    from service.context import ServiceContext
+    from service.db.session import DatabaseUnreachableError
+    from service.supervisor import Supervisor
 
     if args.data_dir is not None:
         os.environ["HPSEARCH_DATA_DIR"] = str(args.data_dir)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"hpsearch serve: invalid settings: {exc}", file=sys.stderr)
+        return 2
     if args.allow_no_auth:
         settings = settings.model_copy(update={"allow_no_auth": True})
     if not settings.auth and not settings.allow_no_auth and not is_loopback(args.host):
@@ -267,37 +283,58 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers < 0:
+        print("hpsearch serve: --workers must be 0 or more", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    instance = serve_instance_id()
+    ctx = ServiceContext.from_settings(settings)
+    token = _LocalWorkersToken(ctx, instance) if settings.auth and args.workers else None
+    if token is not None:
+        try:
+            token.prepare()
+        except DatabaseUnreachableError as exc:  # nothing is started
+            print(f"hpsearch serve: {exc}; giving up", file=sys.stderr)
+            return 3
     url = f"http://{args.host}:{args.port}"
     if args.host in ("0.0.0.0", "::"):  # the workers reach a wildcard listener on loopback
         url = f"http://127.0.0.1:{args.port}"
-    worker_env = dict(os.environ)
-    if settings.auth and args.workers:
-        worker_env["HPSEARCH_TOKEN"] = _local_worker_token(settings)
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpsearch",
-                "worker",
-                "--api",
-                url,
-                "--threads",
-                str(threads),
-                "--inter-op-threads",
-                "1",
-                "--id",
-                f"local-{i + 1}",
-            ],
-            env=worker_env,
-            # Safe here: serve has started no thread yet (the API's start after the workers).
-            preexec_fn=_terminate_with_parent,  # noqa: PLW1509
-        )
-        for i in range(args.workers)
-    ]
+
+    def worker_command(worker_id: str) -> list[str]:
+        return [
+            *("-m", "hpsearch", "worker", "--api", url, "--id", worker_id),
+            *("--threads", str(threads), "--inter-op-threads", "1"),
+        ]
+
+    def worker_env() -> dict[str, str]:
+        env = {**os.environ, "HPSEARCH_WORKER_STOP_GRACE": f"{settings.worker_stop_grace:g}"}
+        if token is not None:
+            env["HPSEARCH_TOKEN"] = token.secret()
+        return env
+
+    supervisor = Supervisor(
+        [f"{instance}-local-{i + 1}" for i in range(args.workers)],
+        worker_command,
+        worker_env,
+        settings,
+        on_death=functools.partial(_hand_back, ctx),
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(CLOSE_SECONDS),
+    )
+    server: GracefulServer
+
+    def exit_server() -> None:
+        server.should_exit = True
+
+    shutdown = Shutdown(ctx, app.state.drain, supervisor, exit_server)
+    server = GracefulServer(config, shutdown.signal)
     print(
         f"hpsearch: API on http://{args.host}:{args.port} (docs /docs), "
         f"{args.workers} worker(s), database {settings.url}, auth "
@@ -305,44 +342,107 @@ def run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-
-    def _exit(signum: int, _frame: Any) -> None:
-        # uvicorn re-raises SIGTERM after its graceful shutdown; without a handler of ours the
-        # process would die there, before stopping its workers.
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _exit)
+    supervisor.start()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        server.run()
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        for w in workers:
-            try:
-                w.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                w.kill()
+        # Already done when the drain ran; not when the API failed to start.
+        supervisor.shutdown(grace=settings.drain_seconds)
+        if token is not None:
+            token.revoke()
+        ctx.engine.dispose()
     return 0
 
 
-def _local_worker_token(settings: Any) -> str:
-    """A worker token for ``serve``'s own workers, made afresh at every start (the previous
-    one is revoked): its secret never leaves this process and its children."""
-    from service import auth
+def serve_instance_id() -> str:
+    """``<host>-<pid>-<random>``: what this serve process's local workers' ids start with.
+    Unique across the serve processes sharing a database: two on one host differ by pid, and
+    the random part tells apart two that share a host name and pid (containers, where serve is
+    often pid 1, or a pid reused after a restart), so that a restarted serve's workers never
+    take over a trial that the previous one's workers held (it is re-run as a lost trial)."""
+    import re
+    import secrets
+    import socket
 
-    with _database(settings) as ctx:
-        return auth.replace_token(ctx, "worker", "hpsearch serve: local workers")
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:100] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _terminate_with_parent() -> None:
-    """In a local worker, before exec: SIGTERM when ``serve`` dies, even by ``kill -9`` (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+class _LocalWorkersToken:
+    """The worker token of this serve process's local workers: its own (named after the
+    instance), so that no other serve process on the database revokes it; revoked at this
+    serve's exit. A worker started after the token was revoked (by hand, or by another serve
+    that took it for a crashed one's) gets a new one."""
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    def __init__(self, ctx: Any, instance: str) -> None:
+        self._ctx, self._instance = ctx, instance
+        self._id: str | None = None
+        self._secret = ""
+
+    def prepare(self) -> None:
+        """Wait for the database (migrated) and make the token."""
+        from service.db.migrate import upgrade
+        from service.db.session import wait_for_database
+
+        wait_for_database(self._ctx.engine, self._ctx.settings.database_wait_seconds)
+        upgrade(self._ctx.engine)
+        self._create()
+
+    def secret(self) -> str:
+        """The token to give a worker being started: a new one if it was revoked."""
+        from service import auth
+
+        if self._id is None or not auth.is_active(self._ctx, self._id):
+            self._create()
+        return self._secret
+
+    def revoke(self) -> None:
+        """At serve's exit; a failure is logged (the token is then revoked as idle later)."""
+        from service import auth
+
+        if self._id is None:
+            return
+        try:
+            auth.revoke_token(self._ctx, self._id)
+        except Exception as exc:
+            logging.getLogger(__name__).warning(
+                "could not revoke the local workers' token: it is revoked once idle",
+                extra={"token": self._id, "problem": str(exc)},
+            )
+
+    def _create(self) -> None:
+        from datetime import timedelta
+
+        from service import auth
+
+        stale = timedelta(seconds=self._ctx.settings.local_token_stale_seconds)
+        row, self._secret = auth.create_local_workers_token(self._ctx, self._instance, stale)
+        self._id = row["id"]
+
+
+def _hand_back(ctx: Any, worker_id: str, returncode: int) -> None:
+    """A local worker died: hand back the trial it held at once (another attempt, a retry used)
+    rather than leave it to wait out its lease."""
+    from hpsearch.protocol import ReleaseRequest
+    from service import scheduling, workers
+    from service.errors import ConflictError, NotFoundError
+    from service.supervisor import describe_exit
+
+    for trial_id, attempt in workers.held_by(ctx, worker_id):
+        request = ReleaseRequest(
+            worker_id=worker_id,
+            attempt=attempt,
+            cause="crashed",
+            reason=f"its worker {worker_id} died ({describe_exit(returncode)})",
+        )
+        try:
+            answer = scheduling.release_trial(ctx, trial_id, request)
+        except (ConflictError, NotFoundError):
+            continue  # finished, re-let or deleted meanwhile
+        logging.getLogger(__name__).info(
+            "dead worker's trial handed back",
+            extra={"worker": worker_id, "trial_id": trial_id, "state": answer.state},
+        )
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# What a stopping worker needs after its stop grace: stop its trial process, hand the trial back.
+DRAIN_MARGIN_SECONDS = 3.0
 
 
 class Settings(BaseSettings):
@@ -80,8 +83,52 @@ class Settings(BaseSettings):
         description="user requests handled at once per API process; the worker protocol never "
         "waits behind them",
     )
+    # -- hpsearch serve: its local workers and its shutdown (see the README's "Stop and restart") -
+    drain_seconds: float = Field(
+        8.0,
+        gt=0,
+        le=3600,
+        description="after SIGTERM, the longest `hpsearch serve` keeps answering its workers' "
+        "reports before it exits (under compose's 10 s and Kubernetes' 30 s stop timeouts)",
+    )
+    worker_stop_grace: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="what a stopping worker gives its trial to finish before it hands the "
+        "trial back (HPSEARCH_WORKER_STOP_GRACE, read by the workers too)",
+    )
+    worker_restart_seconds: float = Field(
+        1.0, gt=0, le=3600, description="the first wait before a dead local worker is restarted"
+    )
+    worker_restart_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="the longest wait between restarts (the wait doubles up to it; a worker "
+        "that ran this long starts again from worker_restart_seconds)",
+    )
+    local_token_stale_seconds: float = Field(
+        3600.0,
+        ge=60,
+        description="a local worker token of another `serve` unused this long is revoked (its "
+        "serve crashed); a live serve's workers use theirs every few seconds",
+    )
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+
+    @model_validator(mode="after")
+    def _drain_outlasts_the_workers_grace(self) -> Settings:
+        # A worker gives its trial the stop grace, then hands it back (up to 2 s): serve must
+        # still be answering by then, or the trial waits out its lease.
+        if self.drain_seconds < self.worker_stop_grace + DRAIN_MARGIN_SECONDS:
+            raise ValueError(
+                f"HPSEARCH_DRAIN_SECONDS ({self.drain_seconds:g}) must be at least "
+                f"HPSEARCH_WORKER_STOP_GRACE ({self.worker_stop_grace:g}) + "
+                f"{DRAIN_MARGIN_SECONDS:g} s, the time a stopping worker needs to hand its "
+                "trial back"
+            )
+        return self
 
     @property
     def artifacts(self) -> Path:

@@ -19,6 +19,7 @@ from hpsearch.logs import configure_logging
 from service import analysis, auth, datasets
 from service.api.auth import USER, USER_OR_WORKER, WORKER, session_router
 from service.api.errors import ERROR_RESPONSES, install_error_handlers
+from service.api.lifecycle import Drain, DrainGate
 from service.api.middleware import BodyLimit, Lanes, LoopbackGuard, SecurityHeaders
 from service.api.routes import (
     analysis_router,
@@ -29,6 +30,7 @@ from service.api.routes import (
     studies_router,
     workers_router,
 )
+from service.api.workers_routes import router as worker_list_router
 from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
@@ -108,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.context = ctx
+    # Begun by ``hpsearch serve`` on SIGTERM (service.api.lifecycle): no new work, then exit.
+    app.state.drain = Drain()
     install_error_handlers(app)
     app.include_router(health)
     app.include_router(session_router, responses=ERROR_RESPONSES)
@@ -118,16 +122,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (datasets_router, USER),
         (dataset_content_router, USER_OR_WORKER),
         (probes_router, USER_OR_WORKER),
+        (worker_list_router, USER),
     ):
         app.include_router(router, dependencies=[who], responses=ERROR_RESPONSES)
     app.include_router(dashboard_router)
     _add_docs(app)
 
     # The last added runs first: headers on every answer, then the loopback rule, then CORS
-    # (only for configured origins), then the limits on bodies, then the lanes.
+    # (only for configured origins), then the drain (no new work while shutting down), then the
+    # limits on bodies, then the lanes.
     app.add_middleware(Lanes, slots=settings.user_request_slots)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, seconds=settings.request_body_seconds
+    )
+    app.add_middleware(
+        DrainGate,
+        drain=app.state.drain,
+        ask_again=settings.idle_retry_seconds,
+        come_back=settings.drain_seconds,
     )
     if settings.cors_origins:
         app.add_middleware(

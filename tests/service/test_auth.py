@@ -10,17 +10,22 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from service import auth
+from service.auth import LOCAL_WORKERS_TOKEN
 from tests.service.conftest import (
     BACKENDS,
     Api,
     execute,
     free_port,
     hpsearch_cli,
+    make_database,
     query,
     service_env,
     spec,
@@ -37,6 +42,7 @@ WORKER_ROUTES = {
     "/api/v1/trials/{trial_id}/report",
     "/api/v1/trials/{trial_id}/heartbeat",
     "/api/v1/trials/{trial_id}/tell",
+    "/api/v1/trials/{trial_id}/release",
 }
 EITHER_ROUTES = {"/api/v1/datasets/{dataset_id}/content", "/readyz"}
 OPEN_ROUTES = {"/healthz", "/api/v1/session"}
@@ -279,8 +285,8 @@ def _answers(url: str) -> bool:
 
 
 def test_serve_with_auth_gives_its_own_workers_a_token(tmp_path: Any) -> None:
-    """`hpsearch serve` with auth on: its local workers train with a token it made for them;
-    clients need their own; a restart revokes the previous workers' token."""
+    """`hpsearch serve` with auth on: its local workers train with a token it made for them,
+    named after that serve process; clients need their own; a clean stop revokes it."""
     env = service_env(
         f"sqlite:///{tmp_path / 'hpsearch.db'}", HPSEARCH_DATA_DIR=str(tmp_path), HPSEARCH_AUTH="on"
     )
@@ -303,12 +309,80 @@ def test_serve_with_auth_gives_its_own_workers_a_token(tmp_path: Any) -> None:
             assert created.status_code == 201, created.text
             done = wait_until_done(api, created.json()["id"], timeout=240)
             assert done["status"] == "completed", done
+            tokens = json.loads(hpsearch_cli(env, "token", "list", "--json"))
+            mine = [t for t in tokens if t["name"].startswith(LOCAL_WORKERS_TOKEN)]
+            assert [t["status"] for t in mine] == ["revoked"] * (run - 1) + ["active"]
+            assert mine[-1]["kind"] == "worker" and mine[-1]["last_used_at"] is not None
         finally:
             api.stop()
+        assert serve.returncode == 0
     tokens = json.loads(hpsearch_cli(env, "token", "list", "--json"))
-    local = [t["status"] for t in tokens if t["name"] == "hpsearch serve: local workers"]
-    assert local == ["revoked", "active"]
+    local = [t for t in tokens if t["name"].startswith(LOCAL_WORKERS_TOKEN)]
+    assert [t["status"] for t in local] == ["revoked", "revoked"]  # each serve's own, at its exit
+    assert len({t["name"] for t in local}) == 2
     assert "auth on" in log.read_text()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_serve_revokes_only_the_idle_local_tokens_of_crashed_serves(
+    backend: str, tmp_path: Any
+) -> None:
+    """A serve that crashed cannot revoke its workers' token: the next serve to start revokes
+    it once it is unused for HPSEARCH_LOCAL_TOKEN_STALE_SECONDS, and never one in use."""
+    from service.config import Settings
+    from service.context import ServiceContext
+    from service.db.migrate import upgrade
+
+    url, drop = make_database(backend, tmp_path)
+    ctx = ServiceContext.from_settings(Settings(database_url=url, data_dir=tmp_path))
+    try:
+        upgrade(ctx.engine)
+        hour = timedelta(hours=1)
+        crashed, _ = auth.create_local_workers_token(ctx, "box-1-aaaaaa", hour)
+        running, secret = auth.create_local_workers_token(ctx, "box-2-bbbbbb", hour)
+        never_used, _ = auth.create_local_workers_token(ctx, "box-3-cccccc", hour)
+        lookalike, _ = auth.create_token(ctx, "user", LOCAL_WORKERS_TOKEN + " (a person)")
+        with ctx.engine.begin() as conn:
+            for token_id, column in (
+                (crashed["id"], "last_used_at"),
+                (never_used["id"], "created_at"),
+                (lookalike["id"], "created_at"),
+            ):
+                conn.execute(
+                    text(f"UPDATE hps_tokens SET {column} = :t WHERE id = :id"),
+                    {"t": datetime(2020, 1, 1), "id": token_id},
+                )
+        assert auth.authenticate(ctx, secret) is not None  # in use by its serve's workers
+        new, _ = auth.create_local_workers_token(ctx, "box-4-dddddd", hour)
+        status = {t["id"]: t["status"] for t in auth.list_tokens(ctx)}
+        assert status == {
+            crashed["id"]: "revoked",
+            never_used["id"]: "revoked",
+            running["id"]: "active",
+            lookalike["id"]: "active",  # a user token: not serve's
+            new["id"]: "active",
+        }
+        assert new["name"] == "hpsearch serve: local workers (box-4-dddddd)"
+    finally:
+        ctx.engine.dispose()
+        drop()
+
+
+def test_token_lifetimes_take_seconds_too(secured: Api) -> None:
+    """Finding 8: `--expires-in 45s` was refused (only d, h and m were units)."""
+    secured.create_token("brief", "user", "--expires-in", "45s")
+    (row,) = [
+        t
+        for t in json.loads(hpsearch_cli(secured.env, "token", "list", "--json"))
+        if t["name"] == "brief"
+    ]
+    lifetime = datetime.fromisoformat(row["expires_at"]) - datetime.fromisoformat(row["created_at"])
+    assert abs(lifetime.total_seconds() - 45) < 1, lifetime
+    helptext = hpsearch_cli(secured.env, "token", "create", "--help")
+    assert "s (seconds)" in " ".join(helptext.split())
+    for bad, says in (("10w", "d, h, m or s"), ("0s", "d, h, m or s"), ("99999999d", "longer")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            auth.parse_duration(bad)
 
 
 # -- helpers --------------------------------------------------------------------------------

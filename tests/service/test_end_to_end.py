@@ -92,7 +92,8 @@ def test_make_run_study_completes_with_two_workers_on_sqlite(tmp_path: Path) -> 
         check_issue_study(Api, response.json()["id"])
         assert (tmp_path / "data" / "hpsearch.db").is_file()
         workers = {t["worker_id"] for t in all_trials(Api, response.json()["id"])}
-        assert workers == {"local-1", "local-2"}
+        assert {w.rsplit("-", 1)[-1] for w in workers} == {"1", "2"}, workers  # <serve>-local-N
+        assert all("-local-" in w for w in workers), workers
         # Importance runs in a process of its own, spawned by serve.
         importance = Api.http.get(f"/api/v1/studies/{response.json()['id']}/importance")
         assert importance.status_code == 200, importance.text
