@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import OrderedDict
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,13 +24,15 @@ from hpsearch.protocol import (
     EpochReport,
     Heartbeat,
     HeartbeatAnswer,
+    ReleaseAnswer,
+    ReleaseRequest,
     ReportAnswer,
     TellRequest,
 )
 from hpsearch.results import METRIC_NAMES
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Study, Trial, TrialEpoch, Worker, utcnow
+from service.db.models import ACTIVE, Study, Trial, TrialEpoch, TrialRelease, Worker, utcnow
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.spec import StudySpec
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 FINISHED_TRIAL_STATES = ("complete", "pruned", "diverged", "timed_out", "failed")
 # A study whose first trials all fail (for good) is failed: its spec is broken, not unlucky.
 FAILED_STUDY_AFTER = 5
+# How much of a re-run trial's history (its attempts and how each ended) its reason keeps.
+_HISTORY_CHARS = 2000
 
 
 _SPECS: OrderedDict[str, StudySpec] = OrderedDict()
@@ -150,9 +154,9 @@ def _touch_worker(s: Session, worker_id: str, hostname: str | None, now: datetim
 
 def _studies_by_fair_share(s: Session) -> list[int]:
     """Active studies, those with the fewest running trials first, then the longest unserved."""
-    running = (
+    running = (  # trials in training: one waiting for its next attempt is not
         select(Trial.study_id, func.count().label("n"))
-        .where(Trial.state == "running")
+        .where(Trial.state == "running", Trial.worker_id.is_not(None))
         .group_by(Trial.study_id)
         .subquery()
     )
@@ -173,8 +177,9 @@ def _studies_by_fair_share(s: Session) -> list[int]:
 def _relet_lost_trial(
     ctx: ServiceContext, study_id: int, worker_id: str, now: datetime, lease_until: datetime
 ) -> Assignment | None:
-    """Re-run a trial whose worker stopped heartbeating, with the same parameters; fail it for
-    good once it has been lost ``max_retries + 1`` times."""
+    """Re-run, with the same parameters, a trial whose lease expired: its worker stopped
+    heartbeating (a loss: failed for good once it has been lost ``max_retries + 1`` times), or no
+    worker holds it (released by one, adopted as an orphan, or a spare: no loss)."""
     given_up: list[int] = []
     result = None
     expired = and_(Trial.state == "running", Trial.lease_expires_at < now)
@@ -194,13 +199,23 @@ def _relet_lost_trial(
             ).first()
             if lost is None:
                 break
-            previous = lost.worker_id or "(none: recovered after an API crash)"
-            why = (
-                f"re-run: worker {lost.worker_id} stopped heartbeating (attempt {lost.attempt + 1})"
-                if lost.worker_id
-                else lost.reason  # never handed out: an orphan adopted, or a spare
-            )
-            if lost.attempt > ctx.settings.max_retries:
+            losses = lost.losses
+            if lost.worker_id is None:  # never handed out, or handed back: its reason says how
+                why = lost.reason
+            else:
+                losses += 1
+                why = _history(
+                    lost.reason,
+                    f"re-run: worker {lost.worker_id} stopped heartbeating "
+                    f"(attempt {lost.attempt + 1})",
+                )
+            if lost.worker_id is not None and losses > ctx.settings.max_retries:
+                failed = (
+                    f"failed: its worker was lost {losses} time(s) (last: {lost.worker_id}); "
+                    "no retries left"
+                )
+                if lost.reason:
+                    failed += f" ({lost.reason})"
                 if _changed(
                     s,
                     update(Trial)
@@ -209,10 +224,10 @@ def _relet_lost_trial(
                         state="failed",
                         finished_at=now,
                         lease_expires_at=None,
+                        losses=losses,
                         optuna_synced=False,
                         change_seq=next_seq(s, study_id),
-                        reason=f"failed: its worker was lost {lost.attempt} time(s) "
-                        f"(last: {previous}); no retries left",
+                        reason=failed,
                     ),
                 ):
                     given_up.append(lost.id)
@@ -224,6 +239,7 @@ def _relet_lost_trial(
                 .values(
                     worker_id=worker_id,
                     attempt=Trial.attempt + 1,
+                    losses=losses,
                     lease_expires_at=lease_until,
                     started_at=now,
                     change_seq=next_seq(s, study_id),
@@ -239,6 +255,13 @@ def _relet_lost_trial(
     if given_up:
         update_study_status(ctx, study_id)
     return result
+
+
+def _history(previous: str | None, event: str) -> str:
+    """A re-run trial's reason: how each earlier attempt ended, oldest first, then ``event``;
+    only the newest part when it grows long."""
+    text = f"{previous}; {event}" if previous else event
+    return text if len(text) <= _HISTORY_CHARS else "..." + text[-(_HISTORY_CHARS - 3) :]
 
 
 def _new_trial(
@@ -488,7 +511,7 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
             last = s.get(TrialEpoch, (trial_id, tell.attempt, result.epochs_run))
             if last is not None and last.stop_reason:
                 reason = last.stop_reason
-        if trial.reason and trial.reason.startswith(("re-run", "recovered")):
+        if trial.reason and trial.reason.startswith(("re-run", "recovered", "attempt ")):
             # Keep how this run came about beside how it ended.
             reason = f"{reason} ({trial.reason})" if reason else trial.reason
         trial.state, trial.value, trial.reason = state, value, reason
@@ -583,6 +606,141 @@ def update_study_status(ctx: ServiceContext, study_id: int) -> None:
                 .values(status=status, status_reason=reason, finished_at=now)
             )
             log.info("study %s", status, extra={"study": study.name, "finished": finished})
+
+
+# -- release -------------------------------------------------------------------------------------
+
+
+class _ReleaseRaced(Exception):
+    """The trial changed between our read and our update (a simultaneous release or re-let)."""
+
+
+def release_trial(ctx: ServiceContext, trial_id: int, release: ReleaseRequest) -> ReleaseAnswer:
+    """A worker hands back a trial it will not finish.
+
+    ``stopping``: the worker is shutting down; the trial waits, unleased, for the next worker that
+    asks (as the next attempt, with the same parameters, no retry used). ``crashed``: its process
+    died; the same while the spec's ``max_retries`` allows another re-run, else the trial ends
+    ``failed`` with the reason. ``ConflictError`` unless the caller holds the lease; a repeated
+    release changes nothing and gets the first one's answer.
+    """
+    now = utcnow()
+    try:
+        with unit_of_work(ctx.sessions) as s:
+            trial, study, answer = _earlier_release(s, trial_id, release)
+            if answer is not None:
+                return answer
+            limit = spec_of(study).max_retries
+            crashes = trial.crashes + (release.cause == "crashed")
+            retries_left = max(limit - crashes, 0)
+            event = f"attempt {release.attempt}: {release.reason}"
+            held = and_(
+                Trial.id == trial_id,
+                Trial.state == "running",
+                Trial.worker_id == release.worker_id,
+                Trial.attempt == release.attempt,
+            )
+            outcome: Literal["queued", "failed"]
+            values: dict[str, Any] = {"crashes": crashes, "change_seq": next_seq(s, study.id)}
+            if crashes > limit:
+                outcome = "failed"
+                reason = f"failed: {event}; no retries left (max_retries {limit})"
+                values.update(
+                    state="failed",
+                    finished_at=now,
+                    lease_expires_at=None,
+                    optuna_synced=False,
+                    reason=f"{reason} ({trial.reason})" if trial.reason else reason,
+                )
+            else:
+                # Held by no one, its lease expired: the next ask re-lets it as the next attempt
+                # (``_relet_lost_trial``), without waiting for a lease to run out.
+                outcome = "queued"
+                values.update(
+                    worker_id=None,
+                    lease_expires_at=now,
+                    reason=_history(trial.reason, f"{event}; re-run"),
+                )
+            if not _changed(s, update(Trial).where(held).values(**values)):
+                raise _ReleaseRaced
+            s.add(
+                TrialRelease(
+                    trial_id=trial_id,
+                    attempt=release.attempt,
+                    worker_id=release.worker_id,
+                    cause=release.cause,
+                    reason=release.reason,
+                    outcome=outcome,
+                    retries_left=retries_left,
+                    released_at=now,
+                )
+            )
+            s.flush()
+            study_id, name, number, optuna_study_id = (
+                study.id,
+                study.name,
+                trial.number,
+                study.optuna_study_id,
+            )
+    except (_ReleaseRaced, IntegrityError):
+        # The same release, retried while the first was in flight, got there first; or the
+        # lease was re-let to another worker meanwhile.
+        with ctx.sessions() as s:
+            trial, study, answer = _earlier_release(s, trial_id, release)
+            if answer is not None:
+                return answer
+            raise ConflictError(
+                f"trial {trial.number} of study {study.name!r} changed while it was released"
+            ) from None
+    log.info(
+        "trial released",
+        extra={
+            "study": name,
+            "trial": number,
+            "attempt": release.attempt,
+            "worker": release.worker_id,
+            "cause": release.cause,
+            "outcome": outcome,
+            "retries_left": retries_left,
+            "reason": release.reason,
+        },
+    )
+    if outcome == "failed":
+        finalize_in_optuna(ctx, trial_id, (optuna_study_id, "failed", None))
+        update_study_status(ctx, study_id)
+    return ReleaseAnswer(state=outcome, retries_left=retries_left)
+
+
+def _earlier_release(
+    s: Session, trial_id: int, release: ReleaseRequest
+) -> tuple[Trial, Study, ReleaseAnswer | None]:
+    """The trial and its study, and the answer to this same release if it was made before;
+    ``NotFoundError``, or ``ConflictError`` when the lease is not the caller's."""
+    trial = s.get(Trial, trial_id)
+    if trial is None:
+        raise NotFoundError(f"no trial with id {trial_id} (its study may have been deleted)")
+    study = s.get_one(Study, trial.study_id)
+    earlier = s.get(TrialRelease, (trial_id, release.attempt))
+    if earlier is None:
+        _check_lease(
+            trial.state,
+            trial.worker_id,
+            trial.attempt,
+            trial.number,
+            study.name,
+            release.worker_id,
+            release.attempt,
+        )
+        return trial, study, None
+    if earlier.worker_id != release.worker_id:
+        raise ConflictError(
+            f"trial {trial.number} of study {study.name!r} is not leased to {release.worker_id} "
+            f"(attempt {release.attempt}): {earlier.worker_id} held it and released it"
+        )
+    answer = ReleaseAnswer.model_validate(
+        {"state": earlier.outcome, "retries_left": earlier.retries_left}
+    )
+    return trial, study, answer
 
 
 # -- reaper --------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from hpsearch.protocol import (
     EpochReport,
     Heartbeat,
     HeartbeatAnswer,
+    ReleaseAnswer,
+    ReleaseRequest,
     ReportAnswer,
     TellRequest,
 )
@@ -355,6 +357,14 @@ def tell(ctx: ContextDep, trial_id: TrialIdPath, body: TellRequest) -> dict[str,
         "value": trial.value,
         "reason": trial.reason,
     }
+
+
+@workers_router.post("/trials/{trial_id}/release")
+def release(ctx: ContextDep, trial_id: TrialIdPath, body: ReleaseRequest) -> ReleaseAnswer:
+    """Hand back a trial this worker will not finish: it is stopping (another worker re-runs the
+    trial at once) or the trial's process died (re-run up to the spec's ``max_retries``, then
+    failed). 409 unless the caller holds the lease; a repeat gets the same answer."""
+    return scheduling.release_trial(ctx, trial_id, body)
 
 
 # -- analysis (the dashboard's plots) ------------------------------------------------------------

@@ -114,6 +114,11 @@ class Trial(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     worker_id: Mapped[str | None] = mapped_column(String(200), default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # Re-runs so far, by cause: its trial process died (the spec's ``max_retries`` bounds them)
+    # or its worker was lost (the service's ``HPSEARCH_MAX_RETRIES`` bounds them). A worker that
+    # hands a trial back because it is stopping uses neither.
+    crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     epochs_run: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float | None] = mapped_column(Float, default=None)
@@ -143,6 +148,24 @@ class TrialEpoch(Base):
     should_stop: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
     reported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TrialRelease(Base):
+    """A worker handing back one attempt of a trial (``POST /trials/{id}/release``): kept so that
+    a repeated release gets the first one's answer."""
+
+    __tablename__ = "hps_trial_releases"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("hps_trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    cause: Mapped[str] = mapped_column(String(20))  # "stopping" or "crashed"
+    reason: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(20))  # "queued" (re-run) or "failed"
+    retries_left: Mapped[int] = mapped_column(Integer)
+    released_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Worker(Base):
