@@ -5,6 +5,13 @@ TensorFlow keeps memory across models in one process (about 6 MB per model, even
 executor trains in a child, retires it after ``recycle_after`` trials or once its RSS passes
 ``max_rss_mb``, and starts (and warms) the replacement while the old child still trains its last
 trial, so that recycling adds no idle time between trials.
+
+Whatever goes wrong with one trial ends that trial, never the caller: bad parameters or data
+raise ``InvalidSpecError`` before training; an error in training, or in talking to the child,
+ends the trial ``failed`` with the reason; a child that hangs past the trial's limit is killed
+and the trial ends ``timed_out``; a child that dies (killed, out of memory, a crash in native
+code) raises ``TrialProcessDiedError``, so that the caller can have the trial re-run. In every
+case the next trial gets a working child.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +40,25 @@ log = logging.getLogger(__name__)
 
 # How long past its own limit a trial's child may take before it is killed as hung.
 _KILL_GRACE_SECONDS = 30.0
+# The longest single wait on a child: a trial's limit can be longer than what ``poll`` accepts
+# (milliseconds in a C int: about 24.8 days), so long waits are taken in steps of this.
+_LONGEST_WAIT_SECONDS = 3600.0
+# How long a retired child may take to exit when the executor closes, before it is killed.
+_CLOSE_PATIENCE_SECONDS = 2.0
+
+
+class TrialProcessDiedError(RuntimeError):
+    """The trial's process died before the trial ended (killed, out of memory, a crash in native
+    code): the trial did not fail, it was cut off, and may be re-run. ``epochs_run``: the epochs
+    it finished first."""
+
+    def __init__(self, reason: str, epochs_run: int) -> None:
+        super().__init__(reason)
+        self.reason, self.epochs_run = reason, epochs_run
+
+
+class TrialAbortedError(RuntimeError):
+    """``TrialExecutor.abort`` stopped the trial (the worker is stopping)."""
 
 
 @dataclass
@@ -57,7 +84,8 @@ class ExecutorStats:
 
 
 class TrialExecutor:
-    """Trains one trial at a time in a recycled child process. Not thread-safe: one caller."""
+    """Trains one trial at a time in a recycled child process. One caller runs trials; ``abort``
+    may come from any thread (a signal handler's, a timer's)."""
 
     def __init__(
         self,
@@ -80,20 +108,38 @@ class TrialExecutor:
         # Measured, to start a replacement early enough to be ready when it is needed.
         self._startup_seconds = 10.0
         self._trial_seconds: float | None = None
+        # ``abort``: why, and the child running the trial it must stop.
+        self._lock = threading.RLock()  # an RLock: ``abort`` may run in a signal handler
+        self._aborted: str | None = None
+        self._busy: _Child | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the first child now (it imports TensorFlow), rather than at the first trial."""
-        if self._current is None:
+        if self._current is None and self._aborted is None:
             self._current = self._spawn()
 
     def close(self) -> None:
-        """Retire every child."""
-        for c in (self._current, self._spare):
-            if c is not None:
-                self._retire(c, wait=True)
+        """Retire every child: each is asked to exit, and killed if it has not within 2 s."""
+        children = [c for c in (self._current, self._spare) if c is not None]
         self._current = self._spare = None
+        for c in children:
+            with contextlib.suppress(OSError, ValueError):
+                child_protocol.send(c.conn, {"type": "exit"})
+        deadline = time.monotonic() + _CLOSE_PATIENCE_SECONDS
+        for c in children:
+            self._retire(c, wait=True, patience=max(deadline - time.monotonic(), 0.0))
+
+    def abort(self, reason: str) -> None:
+        """Stop the trial in progress now (its ``run`` raises ``TrialAbortedError``) and refuse
+        later ones: the caller is stopping. Safe from any thread and from a signal handler."""
+        with self._lock:
+            self._aborted = reason
+            busy = self._busy
+        if busy is not None:
+            with contextlib.suppress(OSError):
+                busy.process.kill()
 
     def __enter__(self) -> TrialExecutor:
         self.start()
@@ -128,11 +174,13 @@ class TrialExecutor:
         def wait_ready() -> None:
             try:
                 if not parent_end.poll(self._start_timeout):
-                    raise TimeoutError(f"trial process not ready after {self._start_timeout:g} s")
+                    raise TimeoutError(f"not ready after {self._start_timeout:g} s")
                 c.pid = int(child_protocol.receive(parent_end)["pid"])
                 self._startup_seconds = time.monotonic() - c.spawned_at
                 if warm is not None:
                     child_protocol.send(parent_end, {"type": "warm", "dataset": warm})
+            except EOFError:
+                c.failed = RuntimeError(f"it exited ({_exit_status(process)}) while starting")
             except BaseException as exc:  # reported to the caller that needs this child
                 c.failed = exc
             c.ready.set()
@@ -140,12 +188,12 @@ class TrialExecutor:
         threading.Thread(target=wait_ready, daemon=True, name="hpsearch-child-start").start()
         return c
 
-    def _retire(self, c: _Child, wait: bool = False) -> None:
+    def _retire(self, c: _Child, wait: bool = False, patience: float = 10.0) -> None:
         def stop() -> None:
             with contextlib.suppress(OSError, ValueError):
                 child_protocol.send(c.conn, {"type": "exit"})
             try:
-                c.process.wait(10)
+                c.process.wait(patience)
             except subprocess.TimeoutExpired:
                 c.process.kill()
                 c.process.wait()
@@ -158,14 +206,19 @@ class TrialExecutor:
             threading.Thread(target=stop, daemon=True, name="hpsearch-child-retire").start()
 
     def _take_ready_child(self) -> _Child:
-        if self._current is None:
-            self._current = self._spawn()
-        c = self._current
+        with self._lock:
+            if self._aborted is not None:
+                raise TrialAbortedError(self._aborted)
+            if self._current is None:
+                self._current = self._spawn()
+            c = self._busy = self._current
         c.ready.wait()
         if c.failed is not None:
-            self._current = None
+            self._current, self._spare = self._spare, None
             self._retire(c)
-            raise RuntimeError(f"could not start a trial process: {c.failed}") from c.failed
+            raise _ChildLost(
+                TrialState.FAILED, f"the trial process could not start: {c.failed}", [], died=True
+            )
         return c
 
     # -- trials --------------------------------------------------------------------------------
@@ -179,40 +232,53 @@ class TrialExecutor:
     ) -> TrialResult:
         """Train one trial in the child and return its result.
 
-        ``InvalidSpecError`` when the parameters or the data are rejected before training. A
-        child that dies or hangs ends the trial ``failed`` or ``timed_out``; the next trial gets
-        a fresh child.
+        Raises ``InvalidSpecError`` when the parameters or the data are rejected before
+        training, ``TrialProcessDiedError`` when the child dies (or cannot start),
+        ``TrialAbortedError`` once ``abort`` was called, and whatever ``reporter`` raises. Any
+        other error ends the trial ``failed`` with the reason; a child that hangs past the
+        trial's limit ends it ``timed_out``. The next trial gets a working child in every case.
         """
         reporter = reporter or NeverStop()
-        c = self._take_ready_child()
         dataset_json = dataset.model_dump(mode="json", exclude_unset=True)
         self._last_dataset = dataset_json
-        if self._spare is None and self._due_soon(c):
-            self._spare = self._spawn()  # warms up while the current child trains
         started = time.monotonic()
         deadline = None
         if settings.timeout_seconds is not None:
             deadline = started + settings.timeout_seconds + _KILL_GRACE_SECONDS
+        trial = {
+            "type": "trial",
+            "params": params,
+            "dataset": dataset_json,
+            "settings": settings.model_dump(mode="json"),
+        }
         try:
-            child_protocol.send(
-                c.conn,
-                {
-                    "type": "trial",
-                    "params": params,
-                    "dataset": dataset_json,
-                    "settings": settings.model_dump(mode="json"),
-                },
-            )
+            c = self._hand_over(trial)
+            if self._spare is None and self._due_soon(c):
+                self._spare = self._spawn()  # warms up while the current child trains
             result = self._converse(c, reporter, deadline)
-        except _ChildLost as lost:
+        except _ReporterFailed as failed:
             self._replace_current()
+            raise failed.error from None
+        except Exception as exc:
+            self._replace_current()
+            if self._aborted is not None:
+                raise TrialAbortedError(self._aborted) from None
+            if not isinstance(exc, _ChildLost):  # ours to fix, not the trial's: say what
+                log.warning("trial process conversation failed", exc_info=True)
+                exc = _ChildLost(
+                    TrialState.FAILED,
+                    f"failed: talking to the trial process: {type(exc).__name__}: {exc}",
+                    [],
+                )
+            if exc.died:
+                raise TrialProcessDiedError(exc.reason, len(exc.epochs)) from None
             result = TrialResult(
-                state=lost.state,
-                reason=lost.reason,
+                state=exc.state,
+                reason=exc.reason,
                 objective=settings.objective,
                 direction=settings.direction,
-                epochs=lost.epochs,
-                epochs_run=len(lost.epochs),
+                epochs=exc.epochs,
+                epochs_run=len(exc.epochs),
                 seconds=time.monotonic() - started,
             )
         else:
@@ -228,10 +294,34 @@ class TrialExecutor:
                     extra={"pid": c.pid, "trials": c.trials, "rss_mb": round(c.rss / 2**20)},
                 )
                 self._replace_current()
+        finally:
+            with self._lock:
+                self._busy = None
         self.stats.trials += 1
         if isinstance(result, InvalidSpecError):
             raise result
         return result
+
+    def _hand_over(self, trial: dict[str, Any]) -> _Child:
+        """Send the trial to a ready child. A child found dead before it got the trial (killed
+        while it waited or started) is no fault of this trial: it goes to the next child."""
+        problem = ""
+        for _ in range(2):
+            try:
+                c = self._take_ready_child()
+            except _ChildLost as lost:  # it could not start (killed, or broken): try another
+                problem = lost.reason
+                continue
+            if c.process.poll() is None:
+                try:
+                    child_protocol.send(c.conn, trial)
+                    return c
+                except OSError:
+                    pass
+            problem = f"the trial process died ({_exit_status(c.process)}) between trials"
+            log.warning("trial process found dead: starting another", extra={"pid": c.pid})
+            self._replace_current()
+        raise _ChildLost(TrialState.FAILED, f"{problem}, twice", [], died=True)
 
     def _due_soon(self, c: _Child) -> bool:
         """Whether ``c`` retires within the time a replacement needs to start (with margin)."""
@@ -242,8 +332,13 @@ class TrialExecutor:
         return c.trials + lead >= self.recycle_after
 
     def _replace_current(self) -> None:
+        """Retire the current child; the spare (or a new child) takes its place, unless the
+        executor was aborted: no child is started for a trial that will not come."""
         old = self._current
-        self._current, self._spare = self._spare or self._spawn(), None
+        if self._aborted is not None:
+            self._current = None
+        else:
+            self._current, self._spare = self._spare or self._spawn(), None
         if old is not None:
             self._retire(old)
 
@@ -254,9 +349,8 @@ class TrialExecutor:
 
         epochs: list[EpochMetrics] = []
         while True:
-            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                if not c.conn.poll(wait):
+                if not _wait_for_message(c.conn, deadline):
                     c.process.kill()
                     raise _ChildLost(
                         TrialState.TIMED_OUT,
@@ -265,21 +359,31 @@ class TrialExecutor:
                     )
                 message = child_protocol.receive(c.conn)
             except (EOFError, OSError):
-                try:
-                    code: int | None = c.process.wait(5)
-                except subprocess.TimeoutExpired:
-                    code = None
                 raise _ChildLost(
                     TrialState.FAILED,
-                    f"the trial process died (exit code {code}) during epoch {len(epochs) + 1}",
+                    f"the trial process died ({_exit_status(c.process)}) "
+                    f"during epoch {len(epochs) + 1}",
                     epochs,
+                    died=True,
                 ) from None
             kind = message["type"]
             if kind == "epoch":
                 metrics = message["metrics"]
-                stop = reporter.report(int(message["epoch"]), metrics)
+                try:
+                    stop = reporter.report(int(message["epoch"]), metrics)
+                except BaseException as exc:
+                    raise _ReporterFailed(exc) from exc
                 epochs.append(EpochMetrics(epoch=int(message["epoch"]), seconds=0.0, **metrics))
-                child_protocol.send(c.conn, {"type": "answer", "stop": bool(stop)})
+                try:
+                    child_protocol.send(c.conn, {"type": "answer", "stop": bool(stop)})
+                except OSError:
+                    raise _ChildLost(
+                        TrialState.FAILED,
+                        f"the trial process died ({_exit_status(c.process)}) "
+                        f"after epoch {len(epochs)}",
+                        epochs,
+                        died=True,
+                    ) from None
             elif kind == "result":
                 c.rss = int(message["rss"])
                 return TrialResult.model_validate(message["result"])
@@ -290,7 +394,48 @@ class TrialExecutor:
                 raise RuntimeError(f"unexpected message from the trial process: {kind!r}")
 
 
+def _wait_for_message(conn: Connection, deadline: float | None) -> bool:
+    """Wait until the child says something (or goes away); ``False`` once ``deadline`` passes.
+    Taken in steps that ``poll`` accepts, however far away the deadline is."""
+    while True:
+        if deadline is None:
+            step = _LONGEST_WAIT_SECONDS
+        else:
+            step = min(deadline - time.monotonic(), _LONGEST_WAIT_SECONDS)
+            if step <= 0:
+                return conn.poll(0)
+        if conn.poll(step):
+            return True
+
+
+def _exit_status(process: subprocess.Popen[bytes]) -> str:
+    """How a child ended, in words: ``killed: SIGKILL``, ``exit code 1``."""
+    try:
+        code = process.wait(5)
+    except subprocess.TimeoutExpired:
+        return "still running 5 s after its pipe closed"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed: {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 class _ChildLost(Exception):
-    def __init__(self, state: TrialState, reason: str, epochs: list[Any]) -> None:
+    """The child ended the conversation: hung (killed), died, or could not start."""
+
+    def __init__(
+        self, state: TrialState, reason: str, epochs: list[Any], died: bool = False
+    ) -> None:
         super().__init__(reason)
         self.state, self.reason, self.epochs = state, reason, epochs
+        self.died = died
+
+
+class _ReporterFailed(Exception):
+    """The caller's reporter raised ``error``: it is the caller's to handle, not the trial's."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
