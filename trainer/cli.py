@@ -15,6 +15,8 @@ from hpsearch.params import TrainingSettings, TrialParams, validate_params
 from hpsearch.results import METRIC_NAMES, TrialResult, TrialState
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+# The worker's (trainer.worker.DEFAULT_STOP_GRACE_SECONDS, not imported: it pulls in httpx).
+DEFAULT_STOP_GRACE_SECONDS = 5.0
 
 
 def register(subparsers: Any) -> None:
@@ -62,7 +64,10 @@ def register(subparsers: Any) -> None:
         "worker",
         help="train trials from a service until stopped",
         description="Ask the service at --api for trials, train each one, report every epoch, "
-        "tell the result. SIGTERM finishes the current trial, then exits.",
+        "tell the result. SIGTERM (or Ctrl-C) asks for no more trials and gives the current one "
+        "--stop-grace seconds to finish; then it is handed back (another worker re-runs it at "
+        "once) and the worker exits 0. A second signal hands it back at once. Exit codes: 0 "
+        "stopped, 3 the API unreachable, 4 the token refused.",
     )
     worker.add_argument(
         "--api",
@@ -107,6 +112,14 @@ def register(subparsers: Any) -> None:
         help="give up (exit 3) after the API is unreachable this long",
     )
     worker.add_argument(
+        "--stop-grace",
+        type=_stop_grace,
+        default=os.environ.get("HPSEARCH_WORKER_STOP_GRACE", str(DEFAULT_STOP_GRACE_SECONDS)),
+        metavar="SECONDS",
+        help="on SIGTERM, how long the current trial may take to finish before it is handed "
+        f"back (env HPSEARCH_WORKER_STOP_GRACE; default {DEFAULT_STOP_GRACE_SECONDS:g})",
+    )
+    worker.add_argument(
         "--dataset-cache",
         type=Path,
         default=None,
@@ -115,6 +128,17 @@ def register(subparsers: Any) -> None:
         "default ~/.cache/hpsearch/datasets)",
     )
     worker.set_defaults(handler=run_worker_command)
+
+
+def _stop_grace(value: str) -> float:
+    """``--stop-grace``: seconds, from 0 to a day."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 86400 seconds, got {value}")
+    return seconds
 
 
 def parse_dataset_argument(value: str) -> DatasetSpec:
@@ -266,5 +290,6 @@ def run_worker_command(args: argparse.Namespace) -> int:
         connect_deadline_seconds=args.connect_deadline,
         max_trials=args.max_trials,
         dataset_cache=args.dataset_cache,
+        stop_grace_seconds=args.stop_grace,
     )
     return worker.run()

@@ -2,9 +2,32 @@
 
 Needs nothing but the API's URL (and a token when auth is on). Survives API restarts: every call
 is retried with backoff until ``connect_deadline_seconds`` without an answer, after which the
-worker exits non-zero with a clear message. SIGTERM (or Ctrl-C) finishes the current trial and
-tells its result, then exits; a second one exits at once (the trial's lease then expires and the
-service re-runs it elsewhere).
+worker exits 3 with a clear message (4 when the API refuses its token).
+
+A worker never dies of a trial: whatever goes wrong in one (its parameters, its data, an error
+in training or in the worker itself) ends that trial ``failed`` with the reason, and the worker
+asks for the next. When the trial's process dies (killed, out of memory, a crash in native
+code) the worker hands the trial back instead (``release``, cause ``crashed``): the service
+re-runs it up to the spec's ``max_retries`` times, then fails it with the reason.
+
+Stopping, as ``hpsearch serve``, compose and Kubernetes rely on it:
+
+- The first SIGTERM or SIGINT: the worker asks for no more trials. The trial in progress has
+  ``stop_grace`` seconds (``--stop-grace``, env ``HPSEARCH_WORKER_STOP_GRACE``, default 5) to
+  finish and tell its result. If it does not, the worker kills its trial process and releases
+  the trial (cause ``stopping``, no retry used): the next worker that asks re-runs it, as the
+  next attempt with the same parameters, without waiting for its lease to expire. A trial
+  assigned while the stop was requested is released at once, untrained.
+- A second signal, 1 s or more after the first, ends the grace at once (kill, release). One sent
+  both to the worker and to its process group arrives twice within a moment: that counts once.
+- A release waits at most about 3 s for the API: if it is gone the worker gives up and the
+  trial's lease expires as it would have. Every other call gives up as soon as the grace is
+  over, so that the worker is gone within ``stop_grace`` + about 3 s of the first signal.
+- Exit status 0 after a requested stop (or ``--max-trials``), with no traceback from the worker
+  or its trial processes; 3 when the API was unreachable for the connect deadline, 4 when it
+  refused the token, 1 when its answers name no trial this worker can read (another protocol).
+- Trial processes ignore SIGTERM and SIGINT (their worker decides) and exit within half a
+  second of their worker's death, even by ``kill -9``.
 """
 
 from __future__ import annotations
@@ -16,11 +39,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import ValidationError
 
 from hpsearch.datasets import DatasetSpec
 from hpsearch.errors import InvalidSpecError
@@ -30,18 +55,27 @@ from hpsearch.protocol import (
     EpochReport,
     Heartbeat,
     HeartbeatAnswer,
+    ReleaseAnswer,
+    ReleaseRequest,
     ReportAnswer,
     TellRequest,
 )
 from hpsearch.results import TrialResult, TrialState
 from trainer.datacache import DatasetCache, DatasetFetchError, default_cache_dir
-from trainer.executor import TrialExecutor
+from trainer.executor import TrialAbortedError, TrialExecutor, TrialProcessDiedError
 
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {502, 503, 504}
 # A dataset download: a slow start is an API under load; a stall mid-way is a cut connection.
 _DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+DEFAULT_STOP_GRACE_SECONDS = 5.0
+# A stop's release: how long it may wait for the API in all, and for one answer.
+_RELEASE_SECONDS, _HURRIED_TIMEOUT = 3.0, 2.0
+# Two stop signals closer than this are one stop, delivered twice (to the worker and its group).
+_SAME_STOP_SECONDS = 1.0
+# The longest single wait on anything the API says (Retry-After, heartbeat interval).
+_LONGEST_WAIT_SECONDS = 60.0
 
 
 class ApiUnreachableError(RuntimeError):
@@ -50,6 +84,19 @@ class ApiUnreachableError(RuntimeError):
 
 class StopRequestedError(RuntimeError):
     """Raised instead of waiting any longer for the API once the worker is asked to stop."""
+
+
+class UnrunnableAssignmentError(RuntimeError):
+    """An assignment this worker cannot take as it is (from an API of another version, say):
+    its trial is told ``failed`` with the reason, and the worker asks for the next."""
+
+    def __init__(self, answer: Any, error: ValidationError) -> None:
+        raw = answer if isinstance(answer, dict) else {}
+        self.trial_id, self.attempt = raw.get("trial_id"), raw.get("attempt")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        super().__init__(f"failed: this worker cannot run the trial it was given: {problems}")
 
 
 class LeaseLostError(RuntimeError):
@@ -80,7 +127,10 @@ def default_worker_id() -> str:
 
 
 class ApiClient:
-    """The worker protocol over HTTP/JSON, with retries through API restarts."""
+    """The worker protocol over HTTP/JSON, with retries through API restarts.
+
+    ``stopping``: the worker was asked to stop (``ask`` gives up). ``hurry``: the stop grace is
+    over (every call gives up instead of retrying, and waits at most 2 s for an answer)."""
 
     def __init__(
         self,
@@ -88,23 +138,38 @@ class ApiClient:
         token: str | None,
         connect_deadline_seconds: float,
         stopping: threading.Event | None = None,
+        hurry: threading.Event | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30.0)
         self.deadline = connect_deadline_seconds
         self.stopping = stopping or threading.Event()
+        self.hurry = hurry or threading.Event()
         self.api_url = api_url
 
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: dict[str, Any], abort_on_stop: bool = False) -> httpx.Response:
-        """POST, retrying through connection errors and 502-504 until the deadline; with
-        ``abort_on_stop``, give up as soon as the worker is asked to stop."""
-        retry = _Retry(self)
+    def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        give_up: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> httpx.Response:
+        """POST, retrying through connection errors and 502-504 until the deadline (the
+        client's, unless given); ``StopRequestedError`` as soon as ``give_up()`` (default: the
+        grace is over)."""
+        give_up = give_up or self.hurry.is_set
+        retry = _Retry(self, deadline)
         while True:
+            timeout: float | httpx.Timeout = self._http.timeout
+            if deadline is not None:  # no answer may take longer than what is left
+                timeout = min(max(retry.left(), 0.1), _HURRIED_TIMEOUT)
+            elif self.hurry.is_set():
+                timeout = _HURRIED_TIMEOUT
             try:
-                response = self._http.post(path, json=body)
+                response = self._http.post(path, json=body, timeout=timeout)
                 if response.status_code in (401, 403):
                     raise TokenRefusedError(response)
                 if response.status_code not in _RETRYABLE_STATUS:
@@ -113,11 +178,12 @@ class ApiClient:
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            retry.wait(problem, abort_on_stop)
+            retry.wait(problem, give_up)
 
     def stream(self, path: str) -> Iterator[bytes]:
         """GET ``path``'s body in 1 MiB chunks, retrying (like ``_post``) until it starts; a
-        transfer cut short raises ``ConnectionError``, a 404 ``DatasetFetchError``."""
+        transfer cut short raises ``ConnectionError``, a 404 ``DatasetFetchError``, the end of
+        the stop grace ``StopRequestedError``."""
         retry = _Retry(self)
         while True:
             try:
@@ -135,14 +201,17 @@ class ApiClient:
                             )
                         response.raise_for_status()
                         try:
-                            yield from response.iter_bytes(1 << 20)
+                            for chunk in response.iter_bytes(1 << 20):
+                                if self.hurry.is_set():
+                                    raise StopRequestedError("stopped during a download")
+                                yield chunk
                         except httpx.TransportError as exc:
                             raise ConnectionError(f"transfer cut short: {exc}") from exc
                         return
                     problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            retry.wait(problem, abort_on_stop=False)
+            retry.wait(problem, self.hurry.is_set)
 
     @staticmethod
     def _checked(response: httpx.Response) -> dict[str, Any]:
@@ -154,42 +223,74 @@ class ApiClient:
 
     def ask(self, request: AskRequest) -> tuple[Assignment | None, float]:
         """A trial, or ``None`` and how long to wait before asking again."""
-        response = self._post("/api/v1/workers/ask", request.model_dump(), abort_on_stop=True)
+        response = self._post(
+            "/api/v1/workers/ask",
+            request.model_dump(),
+            give_up=lambda: self.stopping.is_set() or self.hurry.is_set(),
+        )
         if response.status_code == 204:
-            return None, float(response.headers.get("Retry-After", "1"))
+            try:
+                wait = float(response.headers.get("Retry-After", "1"))
+            except ValueError:
+                wait = 1.0
+            return None, min(max(wait, 0.0), _LONGEST_WAIT_SECONDS)
         response.raise_for_status()
-        return Assignment.model_validate(response.json()), 0.0
+        answer = response.json()
+        try:
+            return Assignment.model_validate(answer), 0.0
+        except ValidationError as exc:
+            raise UnrunnableAssignmentError(answer, exc) from None
 
     def report(self, trial_id: int, body: EpochReport) -> ReportAnswer:
         response = self._post(f"/api/v1/trials/{trial_id}/report", body.model_dump())
         return ReportAnswer.model_validate(self._checked(response))
 
-    def heartbeat(self, trial_id: int, body: Heartbeat) -> HeartbeatAnswer:
-        response = self._post(f"/api/v1/trials/{trial_id}/heartbeat", body.model_dump())
+    def heartbeat(
+        self, trial_id: int, body: Heartbeat, give_up: Callable[[], bool]
+    ) -> HeartbeatAnswer:
+        response = self._post(f"/api/v1/trials/{trial_id}/heartbeat", body.model_dump(), give_up)
         return HeartbeatAnswer.model_validate(self._checked(response))
 
     def tell(self, trial_id: int, body: TellRequest) -> dict[str, Any]:
         response = self._post(f"/api/v1/trials/{trial_id}/tell", body.model_dump(mode="json"))
         return self._checked(response)
 
+    def release(self, trial_id: int, body: ReleaseRequest, hurried: bool) -> ReleaseAnswer:
+        """Hand a trial back. ``hurried`` (the worker is stopping): within about 3 s, or
+        ``ApiUnreachableError``; otherwise retried like a result."""
+        response = self._post(
+            f"/api/v1/trials/{trial_id}/release",
+            body.model_dump(),
+            give_up=(lambda: False) if hurried else None,
+            deadline=_RELEASE_SECONDS if hurried else None,
+        )
+        return ReleaseAnswer.model_validate(self._checked(response))
+
 
 class _Retry:
     """The wait between two tries of one request: backoff to 2 s, a warning now and then, and
-    ``ApiUnreachableError`` once the client's deadline has passed without an answer."""
+    ``ApiUnreachableError`` once the deadline (the client's unless given) has passed without an
+    answer."""
 
-    def __init__(self, client: ApiClient) -> None:
+    def __init__(self, client: ApiClient, deadline: float | None = None) -> None:
         self._client = client
+        self._deadline = client.deadline if deadline is None else deadline
         self._started, self._delay, self._warned = time.monotonic(), 0.2, False
+
+    def left(self) -> float:
+        """Seconds left before the deadline."""
+        return self._deadline - (time.monotonic() - self._started)
 
     def answered(self) -> None:
         if self._warned:
             log.info("the API answers again", extra={"api": self._client.api_url})
 
-    def wait(self, problem: str, abort_on_stop: bool) -> None:
-        """Sleep before the next try; with ``abort_on_stop``, raise ``StopRequestedError`` as
-        soon as the worker is asked to stop."""
+    def wait(self, problem: str, give_up: Callable[[], bool]) -> None:
+        """Sleep before the next try; ``StopRequestedError`` as soon as ``give_up()``."""
         waited = time.monotonic() - self._started
-        if waited > self._client.deadline:
+        if give_up():
+            raise StopRequestedError(problem)
+        if waited + self._delay > self._deadline:
             raise ApiUnreachableError(
                 f"no answer from the API at {self._client.api_url} for {waited:.0f} s "
                 f"(last: {problem}); giving up"
@@ -204,11 +305,11 @@ class _Retry:
                 },
             )
             self._warned = True
-        if abort_on_stop:
-            if self._client.stopping.wait(self._delay):
+        until = time.monotonic() + self._delay
+        while (left := until - time.monotonic()) > 0:
+            if give_up():
                 raise StopRequestedError(problem)
-        else:  # a report or a result: worth waiting for, stop requested or not
-            time.sleep(self._delay)
+            time.sleep(min(left, 0.05))
         self._delay = min(self._delay * 2, 2.0)
 
 
@@ -219,6 +320,7 @@ class _TrialSession:
         self._client, self._worker_id, self.assignment = client, worker_id, assignment
         self.stop_requested = threading.Event()
         self.lease_lost: str | None = None
+        self.epochs_reported = 0
         self._done = threading.Event()
         self._beats = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
 
@@ -232,18 +334,26 @@ class _TrialSession:
 
     def _heartbeat(self) -> None:
         a = self.assignment
-        while not self._done.wait(a.heartbeat_seconds):
+        interval = min(max(a.heartbeat_seconds, 0.1), _LONGEST_WAIT_SECONDS)
+        while not self._done.wait(interval):
             try:
                 answer = self._client.heartbeat(
-                    a.trial_id, Heartbeat(worker_id=self._worker_id, attempt=a.attempt)
+                    a.trial_id,
+                    Heartbeat(worker_id=self._worker_id, attempt=a.attempt),
+                    give_up=lambda: self._done.is_set() or self._client.hurry.is_set(),
                 )
                 if answer.should_stop:
                     self.stop_requested.set()
             except LeaseLostError as exc:
                 self.lease_lost = str(exc)
                 return
-            except Exception:  # the API may be restarting: the next beat tries again
-                log.warning("heartbeat failed", exc_info=True, extra=self._log_fields())
+            except StopRequestedError:
+                return
+            except Exception as exc:  # the API may be restarting: the next beat tries again
+                log.warning(
+                    "heartbeat failed",
+                    extra={**self.log_fields(), "problem": f"{type(exc).__name__}: {exc}"},
+                )
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         """The ``Reporter`` the executor calls after every epoch."""
@@ -260,10 +370,11 @@ class _TrialSession:
         except LeaseLostError as exc:
             self.lease_lost = str(exc)
             return True
+        self.epochs_reported = epoch
         log.info(
             "epoch reported",
             extra={
-                **self._log_fields(),
+                **self.log_fields(),
                 "epoch": epoch,
                 "metrics": dict(metrics),
                 "stop": answer.should_stop,
@@ -271,9 +382,17 @@ class _TrialSession:
         )
         return answer.should_stop or self.stop_requested.is_set()
 
-    def _log_fields(self) -> dict[str, Any]:
+    def log_fields(self) -> dict[str, Any]:
         a = self.assignment
         return {"study": a.study_name, "trial": a.number, "attempt": a.attempt}
+
+
+@dataclass(frozen=True)
+class _HandBack:
+    """A trial the worker will not finish, to release with this cause and reason."""
+
+    cause: Literal["stopping", "crashed"]
+    reason: str
 
 
 class Worker:
@@ -288,22 +407,51 @@ class Worker:
         connect_deadline_seconds: float = 300.0,
         max_trials: int | None = None,
         dataset_cache: Path | None = None,
+        stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS,
     ) -> None:
         self.worker_id = worker_id or default_worker_id()
-        self._stopping = threading.Event()
-        self._client = ApiClient(api_url, token, connect_deadline_seconds, self._stopping)
+        self._stopping, self._hurry = threading.Event(), threading.Event()
+        self._client = ApiClient(
+            api_url, token, connect_deadline_seconds, self._stopping, self._hurry
+        )
         self._executor = executor or TrialExecutor()
         self.datasets = DatasetCache(dataset_cache or default_cache_dir(), self._client.stream)
         self._max_trials = max_trials
+        self._stop_grace = stop_grace_seconds
+        self._first_stop: tuple[float, str] | None = None  # when, and which signal
+        self._idle = threading.Event()  # set while no trial is in hand
+        self._idle.set()
         self.trials_done = 0
 
-    def request_stop(self, *_: Any) -> None:
-        """Finish the current trial, then exit; a second request exits at once."""
-        if self._stopping.is_set():
-            log.warning("second stop request: exiting now", extra={"worker": self.worker_id})
-            os._exit(143)
-        log.info("stop requested: finishing the current trial", extra={"worker": self.worker_id})
-        self._stopping.set()
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
+        """Ask for no more trials; the current one has the stop grace to finish. A second
+        request (1 s or more after the first) hands the current trial back at once."""
+        what = signal.Signals(signum).name if signum else "a stop request"
+        now = time.monotonic()
+        if self._first_stop is None:
+            self._first_stop = (now, what)
+            self._stopping.set()
+            log.info(
+                "stop requested: no more trials; the current one may finish",
+                extra={"worker": self.worker_id, "signal": what, "grace_s": self._stop_grace},
+            )
+            threading.Thread(target=self._grace, daemon=True, name="stop-grace").start()
+        elif now - self._first_stop[0] >= _SAME_STOP_SECONDS:
+            self._hand_back_now(f"a second {what}")
+
+    def _grace(self) -> None:
+        if not self._idle.wait(self._stop_grace):
+            self._hand_back_now(f"its {self._stop_grace:g} s stop grace ran out")
+
+    def _hand_back_now(self, why: str) -> None:
+        if self._hurry.is_set():
+            return
+        log.info(
+            "stopping now: the trial in progress is handed back",
+            extra={"worker": self.worker_id, "why": why},
+        )
+        self._hurry.set()
+        self._executor.abort(why)
 
     def run(self) -> int:
         """Ask, train, report, tell, until stopped; returns the exit code."""
@@ -315,13 +463,11 @@ class Worker:
             while not self._stopping.is_set():
                 if self._max_trials is not None and self.trials_done >= self._max_trials:
                     break
-                assignment, wait = self._client.ask(
-                    AskRequest(worker_id=self.worker_id, hostname=socket.gethostname())
-                )
-                if assignment is None:
-                    self._stopping.wait(wait)
-                    continue
-                self._train(assignment)
+                self._idle.clear()
+                try:
+                    self._ask_and_train()
+                finally:
+                    self._idle.set()
         except StopRequestedError:
             pass  # asked to stop while the API was unreachable: nothing is in hand
         except ApiUnreachableError as exc:
@@ -330,34 +476,72 @@ class Worker:
         except TokenRefusedError as exc:
             log.error(str(exc), extra={"worker": self.worker_id})
             return 4
+        except UnrunnableAssignmentError as exc:
+            log.error(str(exc), extra={"worker": self.worker_id})
+            return 1
         finally:
             self._executor.close()
             self._client.close()
         log.info("worker stopped", extra={"worker": self.worker_id, "trials": self.trials_done})
         return 0
 
-    def _train(self, a: Assignment) -> None:
-        fields = {
+    def _ask_and_train(self) -> None:
+        try:
+            assignment, wait = self._client.ask(
+                AskRequest(worker_id=self.worker_id, hostname=socket.gethostname())
+            )
+        except UnrunnableAssignmentError as exc:
+            self._refuse(exc)
+            return
+        if assignment is None:
+            self._stopping.wait(wait)
+        elif self._stopping.is_set():  # the stop came while the ask was in flight
+            self._release(
+                assignment,
+                _HandBack("stopping", f"worker {self.worker_id} stopped before training it"),
+                self._log_fields(assignment),
+            )
+        else:
+            self._train(assignment)
+
+    def _refuse(self, exc: UnrunnableAssignmentError) -> None:
+        """Fail a trial this worker cannot run; an answer that names no trial ends the worker
+        (exit 1: this API and this worker do not speak the same protocol)."""
+        fields = {"worker": self.worker_id, "trial_id": exc.trial_id, "reason": str(exc)}
+        if not isinstance(exc.trial_id, int) or not isinstance(exc.attempt, int):
+            raise exc
+        log.error("trial refused", extra=fields)
+        result = TrialResult(state=TrialState.FAILED, reason=str(exc))
+        try:
+            self._client.tell(
+                exc.trial_id,
+                TellRequest(worker_id=self.worker_id, attempt=exc.attempt, result=result),
+            )
+        except LeaseLostError as lost:
+            log.warning("result not taken", extra={**fields, "detail": str(lost)})
+
+    def _log_fields(self, a: Assignment) -> dict[str, Any]:
+        return {
             "study": a.study_name,
             "trial": a.number,
             "attempt": a.attempt,
             "worker": self.worker_id,
         }
+
+    def _train(self, a: Assignment) -> None:
+        fields = self._log_fields(a)
         log.info("training trial", extra={**fields, "params": a.params})
         with _TrialSession(self._client, self.worker_id, a) as session:
-            try:
-                dataset = self._dataset(a, fields)
-                result = self._executor.run(a.params, dataset, a.settings, session)
-            except InvalidSpecError as exc:
-                result = self._failed(a, f"rejected by the trainer: {exc}")
-            except DatasetFetchError as exc:
-                result = self._failed(a, f"dataset: {exc}")
+            outcome = self._outcome(a, session, fields)
         if session.lease_lost:
             log.warning("trial dropped: lease lost", extra={**fields, "detail": session.lease_lost})
             return
+        if isinstance(outcome, _HandBack):
+            self._release(a, outcome, fields)
+            return
         try:
             told = self._client.tell(
-                a.trial_id, TellRequest(worker_id=self.worker_id, attempt=a.attempt, result=result)
+                a.trial_id, TellRequest(worker_id=self.worker_id, attempt=a.attempt, result=outcome)
             )
             log.info(
                 "trial told",
@@ -366,6 +550,68 @@ class Worker:
         except LeaseLostError as exc:
             log.warning("result not taken", extra={**fields, "detail": str(exc)})
         self.trials_done += 1
+
+    def _outcome(
+        self, a: Assignment, session: _TrialSession, fields: dict[str, Any]
+    ) -> TrialResult | _HandBack:
+        """Train the trial: its result, or why to hand it back. Only the worker's own ends (the
+        API unreachable, the token refused) escape."""
+        try:
+            dataset = self._dataset(a, fields)
+            return self._executor.run(a.params, dataset, a.settings, session)
+        except InvalidSpecError as exc:
+            return self._failed(a, f"rejected by the trainer: {exc}")
+        except DatasetFetchError as exc:
+            return self._failed(a, f"dataset: {exc}")
+        except TrialProcessDiedError as exc:
+            if self._hurry.is_set():  # killed by this stop, or as it began: not the trial's doing
+                return self._stopped(session)
+            log.warning("trial process died", extra={**fields, "reason": exc.reason})
+            return _HandBack("crashed", exc.reason)
+        except (TrialAbortedError, StopRequestedError):
+            return self._stopped(session)
+        except (ApiUnreachableError, TokenRefusedError):
+            raise
+        except Exception as exc:  # a bug of ours; still, only this trial pays for it
+            log.error("trial failed in the worker", exc_info=True, extra=fields)
+            return self._failed(a, f"failed in the worker: {type(exc).__name__}: {exc}")
+
+    def _stopped(self, session: _TrialSession) -> _HandBack:
+        what = self._first_stop[1] if self._first_stop else "a stop request"
+        return _HandBack(
+            "stopping",
+            f"worker {self.worker_id} was stopped ({what}) "
+            f"during epoch {session.epochs_reported + 1}",
+        )
+
+    def _release(self, a: Assignment, back: _HandBack, fields: dict[str, Any]) -> None:
+        hurried = back.cause == "stopping"
+        body = ReleaseRequest(
+            worker_id=self.worker_id, attempt=a.attempt, cause=back.cause, reason=back.reason[:2000]
+        )
+        try:
+            answer = self._client.release(a.trial_id, body, hurried)
+        except LeaseLostError as exc:
+            log.warning("release not taken", extra={**fields, "detail": str(exc)})
+            return
+        except (ApiUnreachableError, StopRequestedError) as exc:
+            if not hurried:
+                raise
+            log.warning(
+                "could not hand the trial back: its lease will expire",
+                extra={**fields, "problem": str(exc)},
+            )
+            return
+        log.info(
+            "trial released",
+            extra={
+                **fields,
+                "cause": back.cause,
+                "reason": back.reason,
+                "state": answer.state,
+                "retries_left": answer.retries_left,
+            },
+        )
 
     def _dataset(self, a: Assignment, log_fields: dict[str, Any]) -> DatasetSpec:
         """The assignment's dataset; an uploaded one fetched (once) into the local cache."""
