@@ -420,9 +420,10 @@ class _LocalWorkersToken:
         self._id = row["id"]
 
 
-def _hand_back(ctx: Any, worker_id: str, returncode: int) -> None:
-    """A local worker died: hand back the trial it held at once (another attempt, a retry used)
-    rather than leave it to wait out its lease."""
+def _hand_back(ctx: Any, worker_id: str, returncode: int, stopping: bool) -> None:
+    """A local worker died: hand back the trial it held at once rather than leave it to wait
+    out its lease: as a crash (a retry used), or, when serve killed it at the end of its drain,
+    as a stop (no retry used)."""
     from hpsearch.protocol import ReleaseRequest
     from service import scheduling, workers
     from service.errors import ConflictError, NotFoundError
@@ -432,8 +433,10 @@ def _hand_back(ctx: Any, worker_id: str, returncode: int) -> None:
         request = ReleaseRequest(
             worker_id=worker_id,
             attempt=attempt,
-            cause="crashed",
-            reason=f"its worker {worker_id} died ({describe_exit(returncode)})",
+            cause="stopping" if stopping else "crashed",
+            reason=f"its worker {worker_id} was killed as serve stopped"
+            if stopping
+            else f"its worker {worker_id} died ({describe_exit(returncode)})",
         )
         try:
             answer = scheduling.release_trial(ctx, trial_id, request)

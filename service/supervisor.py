@@ -72,8 +72,8 @@ class _Slot:
 class Supervisor:
     """N local workers. ``command(worker_id)`` is the worker's argv (after the interpreter),
     ``env()`` its environment, read at every start (a fresh token after a revoked one);
-    ``on_death(worker_id, returncode)`` runs after a worker died unexpectedly, before its
-    replacement starts."""
+    ``on_death(worker_id, returncode, stopping)`` runs after a worker died unexpectedly
+    (``stopping`` False), or was killed while serve stopped (True), to hand back its trial."""
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class Supervisor:
         command: Callable[[str], list[str]],
         env: Callable[[], dict[str, str]],
         settings: Settings,
-        on_death: Callable[[str, int], None] | None = None,
+        on_death: Callable[[str, int, bool], None] | None = None,
     ) -> None:
         self._slots = [_Slot(base_id) for base_id in worker_ids]
         self._command, self._env, self._on_death = command, env, on_death
@@ -202,6 +202,8 @@ class Supervisor:
         if self._stopping.is_set():
             level = logging.INFO if code == 0 or self._killing.is_set() else logging.WARNING
             log.log(level, "local worker stopped", extra=fields)
+            if code != 0:  # killed before it could hand its trial back: done for it, now
+                self._hand_back(worker_id, code, stopping=True)
             return
         if code == 0:
             slot.retired = True
@@ -215,11 +217,18 @@ class Supervisor:
             "local worker died: restarting it",
             extra={**fields, "restart_in_s": round(delay, 2), "restarts": slot.restarts},
         )
-        if self._on_death is not None:
-            try:
-                self._on_death(worker_id, code)
-            except Exception:  # its trial then waits out its lease, as for a lost machine
-                log.exception("could not hand back the dead worker's trial", extra=fields)
+        # In a thread of its own: a database that is slow to answer never delays a restart.
+        threading.Thread(
+            target=self._hand_back, args=(worker_id, code, False), daemon=True, name="hand-back"
+        ).start()
+
+    def _hand_back(self, worker_id: str, code: int, stopping: bool) -> None:
+        if self._on_death is None:
+            return
+        try:
+            self._on_death(worker_id, code, stopping)
+        except Exception:  # its trial then waits out its lease, as for a lost machine
+            log.exception("could not hand back a dead worker's trial", extra={"worker": worker_id})
 
     def _next_delay(self, slot: _Slot, ran: float) -> float:
         """1 s, 2 s, 4 s ... up to the maximum; from 1 s again after a worker ran that long."""
