@@ -1,6 +1,7 @@
 """``hpsearch trial`` from the outside: a real process, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,3 +63,20 @@ def test_bad_dataset_file_exits_2_with_its_reason(tmp_path) -> None:
     out = hpsearch("trial", "--dataset", str(path))
     assert out.returncode == 2
     assert "x_train has 10 examples but y_train has 9 labels" in out.stderr
+
+
+def test_worker_stop_grace_is_checked_before_the_worker_starts() -> None:
+    for value in ("-1", "soon", "1e9"):
+        out = hpsearch("worker", "--api", "http://127.0.0.1:9", "--stop-grace", value)
+        assert out.returncode == 2, out.stderr
+        assert "argument --stop-grace:" in out.stderr and "Traceback" not in out.stderr
+    from_env = subprocess.run(
+        [sys.executable, "-m", "hpsearch", "worker", "--api", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "HPSEARCH_WORKER_STOP_GRACE": "nope"},
+    )
+    assert from_env.returncode == 2
+    assert "argument --stop-grace: not a number of seconds: 'nope'" in from_env.stderr
