@@ -242,6 +242,7 @@ def test_a_study_keeps_its_budget_and_its_results_through_chaos(
     finally:
         stop.set()
         for w in remote:
-            w.join(10)
+            if w.ident is not None:
+                w.join(10)
         chaos.serve.kill()
         drop()
