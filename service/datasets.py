@@ -25,10 +25,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hpsearch.datafiles import Fields, FileFormat, check_arrays, file_format, read_file
+from hpsearch.datafiles import Fields, FileFormat, check_file, file_format
 from hpsearch.protocol import DatasetFile
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Dataset, Study, utcnow
+from service.db.models import ACTIVE, Dataset, Study, Trial, utcnow
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.uploads import Upload
@@ -36,8 +36,12 @@ from service.uploads import Upload
 log = logging.getLogger(__name__)
 
 _UPLOAD_FIELDS = Fields(file="file", label_column="label_column")
-# One upload's checks at a time per process: each holds the dataset's arrays in memory.
+# One upload's checks at a time per process: they stream the file with bounded memory
+# (hpsearch.datafiles.check_file), so that the API's memory stays bounded however many arrive.
 _CHECKS = threading.Semaphore(1)
+# The dataset table's text columns (name, label_column) hold at most this many characters; a
+# SQL_ASCII PostgreSQL database counts bytes, so the bound is on UTF-8 bytes.
+MAX_TEXT_BYTES = 200
 
 
 def store_dir(ctx: ServiceContext) -> Path:
@@ -102,42 +106,31 @@ def store_upload(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], b
         if known:  # the same bytes, read the same way, passed these checks before
             return get_dataset(ctx, ident), False
         with _CHECKS:
-            raw = read_file(
+            summary = check_file(
                 upload.path,
                 fmt,
                 label_column or "label",
                 _UPLOAD_FIELDS,
                 ctx.settings.max_dataset_array_bytes,
+                ctx.settings.max_classes,
                 shown_name=upload.filename or f"the {fmt} file",
             )
-            summary = check_arrays(raw, "file", ctx.settings.max_classes).summary()
-            del raw
         with _store_lock(ctx):
             target = _blob(ctx, upload.sha256, fmt)
             target.parent.mkdir(parents=True, exist_ok=True)
+            existed = target.is_file()
             os.replace(upload.path, target)  # complete and fsynced: atomic, all or nothing
             _fsync_dir(target.parent)
             os.utime(target)  # fresh: the sweep spares it until its row is written
             try:
-                with unit_of_work(ctx.sessions) as s:
-                    if s.get(Dataset, ident) is None:
-                        s.add(
-                            Dataset(
-                                id=ident,
-                                name=name,
-                                sha256=upload.sha256,
-                                format=fmt,
-                                label_column=label_column,
-                                size_bytes=upload.size,
-                                summary=summary,
-                                created_at=utcnow(),
-                            )
-                        )
-                        created = True
-                    else:  # its file had gone missing: it is back
-                        created = False
-            except IntegrityError:  # the same file, uploaded at the same moment by another
-                created = False
+                created = _add_row(ctx, ident, name, upload, fmt, label_column, summary)
+            except Exception:
+                # No row names the file we just added: it goes now, not at the next sweep.
+                if not existed:
+                    target.unlink(missing_ok=True)
+                    _fsync_dir(target.parent)
+                    log.warning("dataset not recorded: its file removed", extra={"dataset": ident})
+                raise
     finally:
         upload.discard()
     log.info(
@@ -150,6 +143,40 @@ def store_upload(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], b
         },
     )
     return get_dataset(ctx, ident), created
+
+
+def _add_row(
+    ctx: ServiceContext,
+    ident: str,
+    name: str,
+    upload: Upload,
+    fmt: str,
+    label_column: str | None,
+    summary: dict[str, Any],
+) -> bool:
+    """Write the dataset's row (its file is in the store); whether it is new."""
+    try:
+        with unit_of_work(ctx.sessions) as s:
+            if s.get(Dataset, ident) is not None:  # its file had gone missing: it is back
+                return False
+            s.add(
+                Dataset(
+                    id=ident,
+                    name=name,
+                    sha256=upload.sha256,
+                    format=fmt,
+                    label_column=label_column,
+                    size_bytes=upload.size,
+                    summary=summary,
+                    created_at=utcnow(),
+                )
+            )
+            return True
+    except IntegrityError:  # the same file, uploaded at the same moment by another?
+        with ctx.sessions() as s:
+            if s.get(Dataset, ident) is None:  # no: another refusal
+                raise
+        return False
 
 
 def _form(upload: Upload) -> tuple[FileFormat, str, str | None]:
@@ -168,10 +195,12 @@ def _form(upload: Upload) -> tuple[FileFormat, str, str | None]:
                     "(or say which with the field format=npz|csv)",
                 )
             )
-    name = upload.fields.get("name") or Path(upload.filename).stem or "dataset"
-    if len(name) > 200 or not name.isprintable():
-        errors.append(FieldError("name", "must be at most 200 printable characters"))
+    name = upload.fields.get("name") or _name_from(upload.filename)
     label_column = upload.fields.get("label_column") or None
+    for field_name, value in (("name", name), ("label_column", label_column)):
+        problem = _text_problem(value)
+        if problem:
+            errors.append(FieldError(field_name, problem))
     if fmt == "npz" and label_column is not None:
         errors.append(FieldError("label_column", "only for csv files (.npz files hold y_train)"))
     if fmt == "csv":
@@ -183,6 +212,24 @@ def _form(upload: Upload) -> tuple[FileFormat, str, str | None]:
     if errors:
         raise InvalidSpecError(errors)
     return "csv" if fmt == "csv" else "npz", name, label_column
+
+
+def _text_problem(value: str | None) -> str | None:
+    """Why ``value`` does not fit a text column of the dataset table; ``None`` when it does."""
+    if value is None:
+        return None
+    size = len(value.encode())
+    if size > MAX_TEXT_BYTES:
+        return f"must be at most {MAX_TEXT_BYTES} bytes (UTF-8), got {size:,}"
+    if not value.isprintable():
+        return "must be printable characters (no control characters)"
+    return None
+
+
+def _name_from(filename: str) -> str:
+    """A dataset's name when none is given: its file's, cut to fit, without control characters."""
+    stem = "".join(c if c.isprintable() else "_" for c in Path(filename).stem)
+    return stem.encode()[:MAX_TEXT_BYTES].decode("utf-8", "ignore") or "dataset"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -258,9 +305,28 @@ def delete_dataset(ctx: ServiceContext, ident: str) -> None:
     log.info("dataset deleted", extra={"dataset": ident})
 
 
-def content(ctx: ServiceContext, ident: str) -> tuple[Path, dict[str, Any]]:
-    """The file a worker downloads, counted as one download; 404 when it is gone."""
+def content(
+    ctx: ServiceContext, ident: str, worker: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The file a worker downloads, counted as one download; 404 when it is gone.
+
+    ``worker``: the name of the worker token asking. A worker token reaches a dataset only while
+    a trial that trains on it is leased (running, lease not expired); otherwise 404, as for a
+    dataset that does not exist: the token learns nothing of the datasets it may not read, and a
+    worker whose lease ran out fails that trial rather than taking the answer as its token
+    refused (401/403 stop a worker).
+    """
     with unit_of_work(ctx.sessions) as s:
+        d = s.get(Dataset, ident)
+        if worker is not None and (d is None or not _leased(s, ident)):
+            log.warning(
+                "dataset refused to a worker token: no leased trial trains on it",
+                extra={"dataset": ident, "token_name": worker},
+            )
+            raise NotFoundError(
+                f"no trial leased now trains on dataset {ident}: a worker token fetches only "
+                "the datasets of the trials leased to workers"
+            )
         d = _dataset(s, ident)
         path = _blob(ctx, d.sha256, d.format)
         if not path.is_file():
@@ -275,6 +341,22 @@ def content(ctx: ServiceContext, ident: str) -> tuple[Path, dict[str, Any]]:
             update(Dataset).where(Dataset.id == ident).values(downloads=Dataset.downloads + 1)
         )
         return path, _public(d)
+
+
+def _leased(s: Session, ident: str) -> bool:
+    """Whether a running trial with a live lease trains on dataset ``ident``."""
+    leased = (
+        select(Trial.id)
+        .join(Study, Study.id == Trial.study_id)
+        .where(
+            Study.dataset_id == ident,
+            Trial.state == "running",
+            Trial.worker_id.is_not(None),
+            Trial.lease_expires_at > utcnow(),
+        )
+        .limit(1)
+    )
+    return s.scalar(leased) is not None
 
 
 _FILES: dict[str, DatasetFile] = {}

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # a typing-only name in python-multipart
 _FRAMING_BYTES = 64 * 1024
 _MAX_FIELD_BYTES = 1024
 _MAX_PARTS = 8
+_MAX_PART_HEADER_BYTES = 16 * 1024  # a part's headers (its name, file name, type), together
 
 
 class UploadTooLargeError(ValueError):
@@ -68,6 +69,7 @@ class _Receiver:
         self._part_name: str | None = None
         self._buffer = bytearray()
         self._parts = 0
+        self._header_bytes = 0
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -85,11 +87,25 @@ class _Receiver:
         if self._parts > _MAX_PARTS:
             raise InvalidSpecError([FieldError("(body)", f"at most {_MAX_PARTS} form fields")])
         self._headers, self._part_name, self._buffer = {}, None, bytearray()
+        self._header_bytes = 0
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > _MAX_PART_HEADER_BYTES:
+            raise InvalidSpecError(
+                [
+                    FieldError(
+                        "(body)", f"a part's headers take at most {_MAX_PART_HEADER_BYTES} bytes"
+                    )
+                ]
+            )
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.service.conftest import Api, spec, wait_for
+from tests.service.conftest import Api, execute, spec, wait_for
 
 
 def npz_bytes(**arrays: Any) -> bytes:
@@ -343,3 +343,55 @@ def test_an_upload_its_client_abandons_leaves_nothing(api: Api) -> None:
     wait_for(lambda: not any(incoming.glob("*.part")), 10, "the partial upload to be deleted")
     assert api.http.get("/api/v1/datasets").json()["count"] == before
     assert "Traceback" not in Path(api.log).read_text()
+
+
+def test_every_text_field_is_checked_before_the_database_sees_it(api: Api) -> None:
+    """Issue 16, finding 4: a 300-character label column passed the checks and failed on
+    PostgreSQL's VARCHAR(200) with a 500, leaving its file in the store until the sweep."""
+    before_count = api.http.get("/api/v1/datasets").json()["count"]
+    before_files = stored_files(api)
+    long_label = "y" * 300
+    csv = f"a,{long_label}\n1,0\n2,1\n3,0\n".encode()
+    cases = [
+        (
+            {"label_column": long_label},
+            "label_column",
+            "must be at most 200 bytes (UTF-8), got 300",
+        ),
+        ({"name": "n" * 201}, "name", "must be at most 200 bytes (UTF-8), got 201"),
+        ({"name": "é" * 101}, "name", "must be at most 200 bytes (UTF-8), got 202"),
+        (
+            {"label_column": "a\tb"},
+            "label_column",
+            "must be printable characters (no control characters)",
+        ),
+    ]
+    for form, field, reason in cases:
+        response = upload(api, "long.csv", csv, **form)
+        assert response.status_code == 422, (form, response.text)
+        assert {"field": field, "reason": reason} in response.json()["errors"], form
+    assert api.http.get("/api/v1/datasets").json()["count"] == before_count
+    assert stored_files(api) == before_files
+    # A name taken from a long file name is cut to fit rather than refused.
+    named = upload(api, "f" * 300 + ".csv", b"a,label\n1,0\n2,1\n3,0\n")
+    assert named.status_code == 201, named.text
+    assert named.json()["name"] == "f" * 200
+
+
+def test_a_row_the_database_refuses_leaves_no_file_in_the_store(make_api) -> None:
+    """The file enters the store before its row is written: when the row fails (here the
+    database shuts the session down as it is written), the file goes at once."""
+    api = make_api("postgresql")
+    execute(
+        api,
+        "CREATE FUNCTION refuse_dataset() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION 'going down' USING ERRCODE = '57P01'; END $$ LANGUAGE plpgsql;"
+        "CREATE TRIGGER refuse BEFORE INSERT ON hps_datasets "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_dataset()",
+    )
+    response = upload(api, "points.npz", good_npz(seed=21))
+    assert response.status_code == 503, response.text
+    assert stored_files(api) == []
+    execute(api, "DROP TRIGGER refuse ON hps_datasets")
+    assert upload(api, "points.npz", good_npz(seed=21)).status_code == 201
+    assert len(stored_files(api)) == 1
