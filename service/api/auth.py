@@ -1,7 +1,9 @@
 """Who may call what. With ``HPSEARCH_AUTH=on`` every route but ``/healthz``, the dashboard's
 static page and the session routes below needs a token: ``Authorization: Bearer <token>``, or
 the dashboard's session cookie (a user token the browser sent once, kept ``HttpOnly`` and
-``SameSite=Strict``). 401 without a valid token, 403 with a token of the wrong kind."""
+``SameSite=Strict``). 401 without a valid token, 403 with a token of the wrong kind, and 403
+for a state change that carries the cookie from anywhere but the service's own origin (scheme,
+host and port in ``Origin``, or ``Sec-Fetch-Site: same-origin``)."""
 
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ async def _principal(
         token = credentials.credentials
     elif session:
         token = session
-        _check_origin(request)
+        _check_origin(request, cookie=True)
     else:
         raise AuthError(401, "this endpoint needs a token: send `Authorization: Bearer <token>`")
     principal = await run_in_threadpool(auth.authenticate, ctx, token)
@@ -66,15 +68,57 @@ async def _principal(
     return principal
 
 
-def _check_origin(request: Request) -> None:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    scheme = scheme.lower()
+    return scheme, (host or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def _own_origin(request: Request) -> tuple[str, str, int | None]:
+    """This service's origin as the request reached it (behind a TLS proxy, the scheme it
+    forwards: uvicorn's ``--proxy-headers`` and ``FORWARDED_ALLOW_IPS``)."""
+    return _origin(request.url.scheme, request.url.hostname, request.url.port)
+
+
+def _parse_origin(origin: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return _origin(parts.scheme, parts.hostname, port)
+
+
+def _check_origin(request: Request, cookie: bool = False) -> None:
     """A cookie rides along on any request the browser makes: a state-changing one must come
-    from this service's own pages (SameSite=Strict already stops other sites; this is the
-    second lock)."""
+    from this service's own pages, the same scheme, host and port (SameSite=Strict already
+    stops other sites; this is the second lock). With the cookie (``cookie``), a request that
+    says nothing of where it comes from is refused too, unless ``Sec-Fetch-Site`` says
+    ``same-origin``: browsers send one or the other on every state change."""
     if request.method in _SAFE_METHODS:
         return
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise AuthError(403, f"cross-site request from {origin} refused")
+    own = _own_origin(request)
+    if origin is not None:
+        if _parse_origin(origin) != own:
+            scheme, host, port = own
+            raise AuthError(
+                403,
+                f"cross-site request from {origin} refused: a state change with the "
+                f"dashboard's session must come from its own pages ({scheme}://{host}:{port})",
+            )
+        return
+    if cookie and request.headers.get("sec-fetch-site") != "same-origin":
+        raise AuthError(
+            403,
+            "a state change with the dashboard's session cookie needs an Origin header from "
+            "this service's pages (or Sec-Fetch-Site: same-origin); scripts send "
+            "`Authorization: Bearer <token>` instead",
+        )
 
 
 def require(*kinds: TokenKind) -> Any:
@@ -98,6 +142,8 @@ def require(*kinds: TokenKind) -> Any:
 USER = require("user")
 WORKER = require("worker")
 USER_OR_WORKER = require("user", "worker")
+# A route's caller (``None`` with auth off), for routes that answer each kind differently.
+UserOrWorkerDep = Annotated[Principal | None, USER_OR_WORKER]
 
 
 # -- the dashboard's session ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from hpsearch.protocol import (
 )
 from hpsearch.results import ParameterCounts
 from service import analysis, datasets, scheduling, studies
+from service.api.auth import UserOrWorkerDep
 from service.api.deps import (
     ContextDep,
     Page,
@@ -302,9 +303,13 @@ def delete_dataset(ctx: ContextDep, dataset_id: DatasetIdPath) -> Response:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}, "text/csv": {}}}},
 )
-def dataset_content(ctx: ContextDep, dataset_id: DatasetIdPath) -> FileResponse:
-    """The dataset's file, as uploaded (for workers); ``X-Content-SHA256`` is its hash."""
-    path, d = datasets.content(ctx, dataset_id)
+def dataset_content(
+    ctx: ContextDep, dataset_id: DatasetIdPath, caller: UserOrWorkerDep
+) -> FileResponse:
+    """The dataset's file, as uploaded (for workers); ``X-Content-SHA256`` is its hash. A worker
+    token reaches it only while a trial that trains on it is leased (404 otherwise)."""
+    worker = caller.name if caller is not None and caller.kind == "worker" else None
+    path, d = datasets.content(ctx, dataset_id, worker)
     return FileResponse(
         path,
         media_type="text/csv" if d["format"] == "csv" else "application/octet-stream",
