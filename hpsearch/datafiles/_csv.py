@@ -1,6 +1,6 @@
 """CSV files, read a block of whole rows at a time: the service checks an upload with memory that
 does not grow with the file (``profile``), the trainer builds its arrays from the same reading
-(``load_csv``: ``profile``, then one more pass that fills the float32 matrix), so that both
+(``load_csv`` keeps the parsed blocks and fills its float32 matrix from them), so that both
 halves agree on every file.
 
 Every column but the label is a feature. A column is numeric when every block pandas parses holds
@@ -236,8 +236,14 @@ class _Profiler:
         label_column: str,
         max_array_bytes: int | None,
         max_classes: int | None,
+        keep: bool = False,
     ) -> None:
         self.reader, self.max_array_bytes, self.max_classes = reader, max_array_bytes, max_classes
+        # keep: the blocks as parsed (and the rereads of columns found to be text later), for
+        # load_csv to build its arrays from without parsing the file again.
+        self.keep = keep
+        self.frames: list[Any] = []
+        self.rereads: dict[tuple[int, int], Any] = {}
         names = reader.columns
         fields = reader.fields
         if label_column not in names:
@@ -266,6 +272,8 @@ class _Profiler:
             text = {c.name for c in self.columns if c.text}
             frame = self.reader.frame(block, text)
             self._block(frame)
+            if self.keep:
+                self.frames.append(frame)
             self.rows += len(frame)
             self.spans.append((block.offset, len(block.data), block.line))
             self._check_size(len(self.columns) - 1)
@@ -299,8 +307,11 @@ class _Profiler:
             self._count(column, values.isna().to_numpy(), "missing")
             if not column.text:  # text from now on: its earlier blocks' values, as spelled
                 column.text = True
-                for span in self.spans:
-                    self._values(column, j, self.reader.reread(span, j))
+                for i, span in enumerate(self.spans):
+                    earlier = self.reader.reread(span, j)
+                    if self.keep:
+                        self.rereads[(i, j)] = earlier
+                    self._values(column, j, earlier)
             self._values(column, j, values)
 
     def _count(self, column: _Column, mask: np.ndarray, what: str) -> None:
@@ -438,34 +449,36 @@ def check_csv(
 
 
 def load_csv(path: Path, name: str, label_column: str, fields: Fields) -> RawArrays:
-    """The file as arrays (float32 features, one-hot encoded; labels), after ``profile``."""
+    """The file as arrays (float32 features, one-hot encoded; labels), built from the blocks
+    that ``profile``'s checks parsed (the file is read once)."""
     import pandas as pd
 
     reader = _Reader(path, name, fields)
-    p = _Profiler(reader, label_column, None, None).run()
+    profiler = _Profiler(reader, label_column, None, None, keep=True)
+    p = profiler.run()
+    position = {column: i for i, column in enumerate(reader.columns)}
+    numeric = [position[c.name] for c in p.columns if not c.text]
+    encoded = [(position[c.name], sorted(c.values)) for c in p.columns if c.text]
     x = np.zeros((p.rows, len(p.features)), np.float32)
     labels: list[np.ndarray] = []
-    text = {c.name for c in p.columns if c.text} | ({p.label.name} if p.label.text else set())
-    numeric = [c for c in p.columns if not c.text]
-    encoded = [c for c in p.columns if c.text]
-    position = {column: i for i, column in enumerate(reader.columns)}
     row = 0
-    for block in reader.blocks():
-        frame = reader.frame(block, text)
+    for i, frame in enumerate(profiler.frames):
         n = len(frame)
-        for k, c in enumerate(numeric):
-            x[row : row + n, k] = frame.iloc[:, position[c.name]].to_numpy(np.float32)
+        if numeric:
+            x[row : row + n, : len(numeric)] = frame.iloc[:, numeric].to_numpy(np.float32)
         offset = len(numeric)
-        for c in encoded:
-            categories = sorted(c.values)
-            codes = pd.Categorical(frame.iloc[:, position[c.name]], categories).codes
+        for j, categories in encoded:
+            values = profiler.rereads.get((i, j), frame.iloc[:, j])
+            codes = pd.Categorical(values.astype(str), categories).codes
             x[np.arange(row, row + n), offset + codes] = 1.0
             offset += len(categories)
-        values = frame.iloc[:, position[p.label.name]]
+        j = profiler.label_index
         if p.label.text:
+            values = profiler.rereads.get((i, j), frame.iloc[:, j]).astype(str)
             labels.append(pd.Categorical(values, sorted(p.label.values)).codes.astype(np.int64))
         else:
-            labels.append(values.to_numpy())
+            labels.append(frame.iloc[:, j].to_numpy())
+        profiler.frames[i] = None  # its rows are in x now
         row += n
     y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     return RawArrays(x, y, class_names=p.class_names, features=p.features)
