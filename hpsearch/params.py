@@ -7,6 +7,7 @@ that reach outside these ranges) and the trainer (which builds and trains the mo
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -15,7 +16,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpsearch.errors import FieldError, InvalidSpecError, field_errors_from_pydantic
-from hpsearch.results import Direction, ObjectiveMetric
+from hpsearch.results import MAX_EPOCHS, Direction, ObjectiveMetric
 
 Architecture = Literal["mlp", "cnn"]
 Activation = Literal["relu", "elu", "selu", "leaky_relu", "tanh", "sigmoid"]
@@ -344,6 +345,7 @@ def validate_params(values: dict[str, Any], prefix: str = "") -> TrialParams:
             and domain.kind == "float"
             and isinstance(value, int)
             and not isinstance(value, bool)
+            and abs(value) <= sys.float_info.max  # past it, no float: refused as out of range
         ):
             coerced[name] = float(value)
     try:
@@ -391,18 +393,30 @@ def count_weights(params: TrialParams, input_shape: tuple[int, ...], n_classes: 
     return total + width * n_classes + n_classes
 
 
+# The longest a trial may train: 7 days. Longer than any few-epoch Keras trial needs, and far
+# below what every wait in the system can express: a worker's wait on its trial process is given
+# in milliseconds as a C int (at most 2**31 - 1 ms, 24.8 days; past it `poll` raises
+# OverflowError), and the service's deadlines are datetimes (year 9999 at most).
+MAX_TRIAL_SECONDS = 7 * 24 * 3600
+# Seeds are 31-bit: what every sampler and Keras accept.
+MAX_SEED = 2**31 - 1
+
+
 class TrainingSettings(BaseModel):
     """How one trial is run: for how long, with which seed, and what it is judged on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    epochs: int = Field(5, ge=1, le=10_000)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     objective: ObjectiveMetric = "val_accuracy"
     direction: Direction = "maximize"
-    timeout_seconds: float | None = Field(None, gt=0.0, description="wall-clock limit of the trial")
+    timeout_seconds: float | None = Field(
+        None, gt=0.0, le=MAX_TRIAL_SECONDS, description="wall-clock limit of the trial (7 days)"
+    )
     divergence_factor: float = Field(
         1e4,
         gt=1.0,
+        le=1e12,
         description="a batch loss this many times the first batch's ends the trial as diverged",
     )

@@ -24,14 +24,16 @@ trial is then re-run by another worker, with the same parameters.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpsearch.params import TrainingSettings
-from hpsearch.results import TrialResult
+from hpsearch.results import MAX_EPOCHS, TrialResult
 
-WorkerId = str
+WorkerId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+# Attempts are 32-bit in the database: a larger one is a 422, never a database error.
+Attempt = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class AskRequest(BaseModel):
@@ -39,7 +41,7 @@ class AskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    worker_id: WorkerId = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    worker_id: WorkerId
     hostname: str | None = Field(None, max_length=255)
 
 
@@ -76,12 +78,12 @@ class Assignment(BaseModel):
 class EpochReport(BaseModel):
     """One finished epoch of a trial."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     worker_id: WorkerId
-    attempt: int = Field(ge=1)
-    epoch: int = Field(ge=1)
-    metrics: dict[str, float]
+    attempt: Attempt
+    epoch: int = Field(ge=1, le=MAX_EPOCHS)
+    metrics: dict[str, float] = Field(description="finite numbers: a diverged trial tells it")
 
 
 class ReportAnswer(BaseModel):
@@ -97,7 +99,7 @@ class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     worker_id: WorkerId
-    attempt: int = Field(ge=1)
+    attempt: Attempt
 
 
 class HeartbeatAnswer(BaseModel):
@@ -113,7 +115,7 @@ class TellRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     worker_id: WorkerId
-    attempt: int = Field(ge=1)
+    attempt: Attempt
     result: TrialResult
 
 
@@ -123,7 +125,7 @@ class ReleaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     worker_id: WorkerId
-    attempt: int = Field(ge=1)
+    attempt: Attempt
     cause: Literal["stopping", "crashed"] = Field(
         description="stopping: the worker is shutting down (the trial is re-run, no retry used); "
         "crashed: the trial's process died (killed, out of memory): a retry is used"

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 ObjectiveMetric = Literal["loss", "accuracy", "val_loss", "val_accuracy"]
 Direction = Literal["minimize", "maximize"]
 METRIC_NAMES: tuple[ObjectiveMetric, ...] = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The most epochs a trial may train (``TrainingSettings.epochs``), and so a result may hold.
+MAX_EPOCHS = 10_000
 
 
 class TrialState(StrEnum):
@@ -25,9 +27,9 @@ class TrialState(StrEnum):
 class EpochMetrics(BaseModel):
     """The metrics after one epoch (1-based), as Keras reports them, and the epoch's wall time."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    epoch: int = Field(ge=1)
+    epoch: int = Field(ge=1, le=MAX_EPOCHS)
     loss: float
     accuracy: float
     val_loss: float
@@ -56,14 +58,16 @@ class TrialResult(BaseModel):
     both are ``None`` when no epoch finished with a finite value (a diverged or failed trial).
     """
 
-    model_config = ConfigDict(frozen=True)
+    # Finite numbers only: a trial that diverged says so in its state, and the database (and
+    # the JSON of every answer that shows the trial) holds no NaN or infinity.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     state: TrialState
     reason: str | None = None
     objective: ObjectiveMetric = "val_accuracy"
     direction: Direction = "maximize"
-    epochs: list[EpochMetrics] = Field(default_factory=list)
-    epochs_run: int = 0
+    epochs: list[EpochMetrics] = Field(default_factory=list, max_length=MAX_EPOCHS)
+    epochs_run: int = Field(0, ge=0, le=MAX_EPOCHS)
     best_value: float | None = None
     final_value: float | None = None
     seconds: float = 0.0

@@ -11,21 +11,35 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError, field_validator
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hpsearch.datasets import validate_dataset
 from hpsearch.errors import FieldError, InvalidSpecError, field_errors_from_pydantic
 from hpsearch.params import (
     LAYER_STACKS,
+    MAX_SEED,
+    MAX_TRIAL_SECONDS,
     PARAMETER_NAMES,
+    Domain,
     LayerStack,
     count_weights,
     search_domain,
     validate_params,
 )
-from hpsearch.results import Direction, ObjectiveMetric
+from hpsearch.results import MAX_EPOCHS, Direction, ObjectiveMetric
 
 MODEL_PARAMS = (
     "architecture",
@@ -75,8 +89,53 @@ DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
 }
 
 
+# Every number of a spec has a maximum that the whole system can honour. A study's time limit
+# is at most a year: its deadline is a datetime (a limit of 1e12 s would pass year 9999), and a
+# longer limit is no limit in practice (leave it out). A trial's is at most 7 days
+# (``hpsearch.params.MAX_TRIAL_SECONDS``, what every wait of a worker can express).
+MAX_STUDY_SECONDS = 365 * 24 * 3600
+# Trials per study (and trial counts of samplers and pruners): hps_studies.n_trials is 32-bit;
+# HPSEARCH_MAX_TRIALS (default 10,000) is the configured, lower, maximum.
+MAX_N_TRIALS = 1_000_000
+# A float range searched in steps may hold at most this many: more is a continuous range in
+# practice (leave step out), and Optuna's exact decimal arithmetic on the range gives up at 1e28.
+MAX_FLOAT_STEPS = 1_000_000
+# Halving rates of the hyperband and successive-halving pruners.
+MAX_REDUCTION_FACTOR = 100
+# What the time limits are, in words, for their refusals.
+_TIME_LIMITS = {
+    "timeout_seconds": "365 days: leave it out for no limit",
+    "trial_timeout_seconds": "7 days",
+}
+# The validation context of a submitted spec (``parse_study_spec``): values past a maximum are
+# refused. Without it (a spec read back from the database), they are lowered to the maximum.
+SUBMITTED = {"submitted": True}
+
+
+def _maximum(metadata: list[Any]) -> float | None:
+    return next((float(m.le) for m in metadata if isinstance(m, annotated_types.Le)), None)  # type: ignore[arg-type]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_within_maxima(cls, data: Any, info: ValidationInfo) -> Any:
+        """A stored spec may predate a maximum (a trial timeout of 30 days, accepted once, and
+        which no worker could wait for): each value past its field's maximum is read as that
+        maximum, so that the study still loads, lists, resumes and runs. A submitted spec
+        (``SUBMITTED``) is refused instead."""
+        if not isinstance(data, dict) or (info.context or {}).get("submitted"):
+            return data
+        lowered = dict(data)
+        for name, field in cls.model_fields.items():
+            value, limit = data.get(name), _maximum(field.metadata)
+            if limit is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value > limit:
+                lowered[name] = int(limit) if isinstance(value, int) else limit
+        return lowered
 
 
 class FloatRange(_Strict):
@@ -115,22 +174,36 @@ class Objective(_Strict):
 
 class SamplerSpec(_Strict):
     type: Literal["random", "tpe", "qmc"] = "random"
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    n_startup_trials: int = Field(10, ge=0, description="tpe: random trials before modelling")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    n_startup_trials: int = Field(
+        10, ge=0, le=MAX_N_TRIALS, description="tpe: random trials before modelling"
+    )
     qmc_type: Literal["sobol", "halton"] = Field("sobol", description="qmc only")
 
 
 class PrunerSpec(_Strict):
     type: Literal["median", "hyperband", "successive_halving", "none"] = "median"
-    n_startup_trials: int = Field(5, ge=0, description="median: trials before any pruning")
-    n_warmup_steps: int = Field(1, ge=0, description="median: epochs before a trial can be pruned")
-    interval_steps: int = Field(1, ge=1, description="median")
-    min_resource: int = Field(1, ge=1, description="hyperband, successive_halving: epochs")
-    reduction_factor: int = Field(3, ge=2, description="hyperband, successive_halving")
+    n_startup_trials: int = Field(
+        5, ge=0, le=MAX_N_TRIALS, description="median: trials before any pruning"
+    )
+    n_warmup_steps: int = Field(
+        1, ge=0, le=MAX_EPOCHS, description="median: epochs before a trial can be pruned"
+    )
+    interval_steps: int = Field(1, ge=1, le=MAX_EPOCHS, description="median")
+    min_resource: int = Field(
+        1, ge=1, le=MAX_EPOCHS, description="hyperband, successive_halving: epochs"
+    )
+    reduction_factor: int = Field(
+        3, ge=2, le=MAX_REDUCTION_FACTOR, description="hyperband, successive_halving"
+    )
 
 
 class StudySpec(_Strict):
-    """A study as submitted (``POST /api/v1/studies``). See the README for an example."""
+    """A study as submitted (``POST /api/v1/studies``). See the README for an example.
+
+    Validated with ``context=SUBMITTED`` (``parse_study_spec``), a value past its maximum is
+    refused; validated without (a stored spec, read back), it is read as the maximum.
+    """
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: dict[str, Any]
@@ -140,10 +213,16 @@ class StudySpec(_Strict):
     search_space: dict[str, SearchParam] | None = None
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
-    n_trials: int = Field(ge=1)
-    timeout_seconds: float | None = Field(None, gt=0, description="of the whole study")
-    trial_timeout_seconds: float | None = Field(None, gt=0, description="of each trial")
-    epochs: int | None = Field(None, ge=1, description="also accepted as training.epochs")
+    n_trials: int = Field(ge=1, le=MAX_N_TRIALS)
+    timeout_seconds: float | None = Field(
+        None, gt=0, le=MAX_STUDY_SECONDS, description="of the whole study: at most 365 days"
+    )
+    trial_timeout_seconds: float | None = Field(
+        None, gt=0, le=MAX_TRIAL_SECONDS, description="of each trial: at most 7 days"
+    )
+    epochs: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="also accepted as training.epochs"
+    )
     max_retries: int = Field(
         1, ge=0, le=10, description="re-runs of a trial whose process died (killed, out of memory)"
     )
@@ -272,7 +351,7 @@ def _parse_structure(raw: dict[str, Any]) -> tuple[StudySpec | None, list[FieldE
     candidate = dict(raw)
     for _ in range(3):  # set aside what failed; a second pass is expected to pass
         try:
-            return StudySpec.model_validate(candidate), errors, broken
+            return StudySpec.model_validate(candidate, context=SUBMITTED), errors, broken
         except ValidationError as exc:
             details = exc.errors(include_url=False)
             parts = {_part_of(detail["loc"], candidate) for detail in details}
@@ -290,6 +369,12 @@ def _structure_error(detail: Any, error: FieldError, raw: dict[str, Any]) -> Fie
     """``error`` named as the user wrote the field (no union members in its path), or the
     layer-search help for any search of a layer stack but an ``int`` one."""
     loc = [str(p) for p in detail["loc"]]
+    if len(loc) == 1 and loc[0] in _TIME_LIMITS and detail["type"] == "less_than_equal":
+        limit = detail["ctx"]["le"]
+        return FieldError(
+            loc[0],
+            f"at most {limit:,.0f} seconds ({_TIME_LIMITS[loc[0]]}), got {_show(detail['input'])}",
+        )
     if loc[:1] == ["search_space"] and len(loc) >= 2 and loc[1] in _STACK_OF:
         entry = raw["search_space"].get(loc[1])  # a dict: its entries have errors
         if not (isinstance(entry, dict) and entry.get("type") == "int"):
@@ -405,19 +490,7 @@ def _check_search_space(spec: StudySpec) -> list[FieldError]:
             errors.append(FieldError(where, f"both fixed (in {section}) and searched; remove one"))
         domain = search_domain(name)
         if isinstance(param, Categorical):
-            for choice in param.choices:
-                if domain.kind in ("categorical", "bool") and choice not in domain.choices:
-                    errors.append(
-                        FieldError(
-                            f"{where}.choices", f"{choice!r} is not allowed; {domain.describe()}"
-                        )
-                    )
-                elif domain.kind in ("float", "int") and (
-                    isinstance(choice, (str, bool)) or not domain.contains(float(choice))
-                ):
-                    errors.append(
-                        FieldError(f"{where}.choices", f"{choice!r} is outside {domain.describe()}")
-                    )
+            errors += _check_choices(where, param, domain)
             continue
         if domain.kind not in ("float", "int"):
             errors.append(
@@ -431,28 +504,138 @@ def _check_search_space(spec: StudySpec) -> list[FieldError]:
         if domain.kind == "int" and isinstance(param, FloatRange):
             errors.append(FieldError(f"{where}.type", f"{name} is an integer: use 'int'"))
             continue
-        if param.low >= param.high:
+        errors += _check_range(where, param, domain)
+    return errors
+
+
+def _check_choices(where: str, param: Categorical, domain: Domain) -> list[FieldError]:
+    """Each choice in the parameter's domain, and listed once: Optuna finds a sampled choice by
+    equality, so of two equal choices (``1`` and ``1.0``, ``1`` and ``true``) it only ever
+    returns the first."""
+    errors = []
+    seen: dict[Any, Any] = {}
+    for choice in param.choices:
+        if domain.kind in ("categorical", "bool") and not _one_of(choice, domain.choices):
+            reason = f"{_show(choice)} is not allowed; {domain.describe()}"
+            errors.append(FieldError(f"{where}.choices", reason))
+        elif domain.kind in ("float", "int") and (
+            isinstance(choice, (str, bool)) or not domain.contains(choice)
+        ):
+            errors.append(
+                FieldError(f"{where}.choices", f"{_show(choice)} is outside {domain.describe()}")
+            )
+        elif choice in seen:
             errors.append(
                 FieldError(
-                    f"{where}.low", f"must be below high ({param.high:g}), got {param.low:g}"
+                    f"{where}.choices",
+                    f"{_show(choice)} is listed twice (it equals {_show(seen[choice])}): Optuna "
+                    "would only ever sample the first; list each value once",
                 )
             )
-        if param.log and param.low <= 0:
-            errors.append(
-                FieldError(f"{where}.low", f"must be > 0 on a log scale, got {param.low:g}")
-            )
-        if param.log and isinstance(param, FloatRange) and param.step is not None:
-            errors.append(FieldError(f"{where}.step", "cannot be combined with log"))
-        for bound in ("low", "high"):
-            value = getattr(param, bound)
-            if not domain.contains(value):
-                errors.append(
-                    FieldError(
-                        f"{where}.{bound}",
-                        f"{value:g} is outside what the trainer accepts: {domain.describe()}",
-                    )
-                )
+        else:
+            seen[choice] = choice
     return errors
+
+
+def _one_of(choice: Any, allowed: tuple[Any, ...]) -> bool:
+    """``choice`` is one of ``allowed``, of the same type (``1`` equals ``True``, but is not it)."""
+    return any(choice == a and type(choice) is type(a) for a in allowed)
+
+
+def _check_range(where: str, param: FloatRange | IntRange, domain: Domain) -> list[FieldError]:
+    """The range's bounds in the domain, and a range Optuna searches as written: it would
+    silently lower ``high`` to the last whole step (to ``low`` itself for a step larger than
+    the range), and a log-scale integer search takes every integer."""
+    errors = []
+    if param.low >= param.high:
+        errors.append(
+            FieldError(
+                f"{where}.low", f"must be below high ({_show(param.high)}), got {_show(param.low)}"
+            )
+        )
+    if param.log and param.low <= 0:
+        errors.append(
+            FieldError(f"{where}.low", f"must be > 0 on a log scale, got {_show(param.low)}")
+        )
+    stepped = param.step is not None and not (isinstance(param, IntRange) and param.step == 1)
+    if param.log and stepped:
+        errors.append(
+            FieldError(
+                f"{where}.step",
+                "cannot be combined with log: a log scale has no fixed step; remove step "
+                "(or log, to search in steps)",
+            )
+        )
+    for bound in ("low", "high"):
+        value = getattr(param, bound)
+        if not domain.contains(value):
+            errors.append(
+                FieldError(
+                    f"{where}.{bound}",
+                    f"{_show(value)} is outside what the trainer accepts: {domain.describe()}",
+                )
+            )
+    if stepped and not param.log and param.low < param.high and not errors:
+        problem = _step_problem(param, domain)
+        if problem:
+            errors.append(FieldError(f"{where}.step", problem))
+    return errors
+
+
+def _step_problem(param: FloatRange | IntRange, domain: Domain) -> str | None:
+    """Why Optuna would not search ``param``'s range in its steps as written, and what to write
+    instead; ``None`` when it would. Float ranges are measured as Optuna measures them, in
+    decimal (``_adjust_discrete_uniform_high``: 0.5 holds five steps of 0.1)."""
+    assert param.step is not None
+    if isinstance(param, FloatRange):
+        low, high, step = (Decimal(str(v)) for v in (param.low, param.high, param.step))
+    else:
+        low, high, step = Decimal(param.low), Decimal(param.high), Decimal(param.step)
+    span = high - low
+    shown = f"[{_show(param.low)}, {_show(param.high)}]"
+    if step > span:
+        return (
+            f"{_show(param.step)} is larger than the range {shown}: Optuna would search "
+            f"{_show(param.low)} alone; use a step of at most {_decimal(span)} that divides "
+            "high - low, or leave step out"
+        )
+    if isinstance(param, FloatRange) and span / step > MAX_FLOAT_STEPS:
+        return (
+            f"{_show(param.step)} cuts the range {shown} into more than {MAX_FLOAT_STEPS:,} "
+            "steps: leave step out to search the range continuously"
+        )
+    if span % step:
+        below = low + span // step * step
+        above = below + step
+        instead = f"high {_decimal(below)}"
+        if domain.contains(float(above) if isinstance(param, FloatRange) else int(above)):
+            instead += f" or {_decimal(above)}"
+        return (
+            f"the range {shown} is not a whole number of steps of {_show(param.step)}: Optuna "
+            f"would search only up to {_decimal(below)}; make it {instead} (low plus a multiple "
+            "of step), or use a step that divides high - low"
+        )
+    return None
+
+
+def _decimal(value: Decimal) -> str:
+    return f"{float(value):g}"
+
+
+def _show(value: Any) -> str:
+    """A value as refusals quote it: numbers short whatever their size (an integer past 1e308
+    has no float), strings cut at 40 characters."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = repr(value)
+        return text if len(text) <= 42 else f"{text[:40]}…{text[-1]} ({len(text) - 2} characters)"
+    if isinstance(value, float):
+        text = repr(value)  # 5.0 as written, not 5
+        return text if len(text) <= 12 else f"{value:g}"
+    digits = str(abs(value))
+    if len(digits) <= 16:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
 
 
 # -- stage 3: the budget and the dataset ------------------------------------------------------
@@ -470,6 +653,7 @@ def _check_budget(
                 f"got {spec.n_trials}",
             )
         )
+    max_epochs = min(max_epochs, MAX_EPOCHS)  # what a trial's settings accept, whatever is set
     epochs = spec.training.get("epochs", spec.epochs)
     if epochs is not None and (
         not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= max_epochs
@@ -477,12 +661,34 @@ def _check_budget(
         errors.append(
             FieldError(
                 "training.epochs",
-                f"must be an integer in [1, {max_epochs}] (HPSEARCH_MAX_EPOCHS), got {epochs!r}",
+                f"must be an integer in [1, {max_epochs}] (HPSEARCH_MAX_EPOCHS), "
+                f"got {_show(epochs)}",
             )
         )
+    elif "pruner" not in broken:
+        errors += _check_pruner(spec.pruner, spec.n_epochs)
     if "epochs" in spec.training and spec.epochs is not None:
         errors.append(FieldError("epochs", "given both here and as training.epochs"))
     return errors
+
+
+def _check_pruner(pruner: PrunerSpec, epochs: int) -> list[FieldError]:
+    """A pruner whose first decision comes after the last epoch would silently prune nothing."""
+    if pruner.type in ("hyperband", "successive_halving"):
+        name, value = "min_resource", pruner.min_resource
+    elif pruner.type == "median":
+        name, value = "n_warmup_steps", pruner.n_warmup_steps
+    else:
+        return []
+    if value <= epochs:
+        return []
+    return [
+        FieldError(
+            f"pruner.{name}",
+            f"{value} is more than the {epochs} epochs a trial trains: no trial could ever be "
+            f'pruned; use at most {epochs}, or "type": "none" for no pruning',
+        )
+    ]
 
 
 def _check_dataset(

@@ -1,10 +1,14 @@
 """The parameter contract: every bad value is rejected with the parameter's name and range."""
 
+import multiprocessing
+
 import pytest
+from pydantic import ValidationError
 
 from hpsearch.errors import InvalidSpecError
 from hpsearch.params import (
     PARAMETER_NAMES,
+    TrainingSettings,
     expand_layers,
     parameter_domain,
     search_domain,
@@ -189,3 +193,40 @@ def test_layer_counts_are_parameters_with_their_own_domains() -> None:
     width = search_domain("hidden_units")
     assert (width.kind, width.low, width.high) == ("int", 1, 65_536)
     assert search_domain("dropout") == parameter_domain("dropout")
+
+
+# -- how a trial runs: every number bounded by what the system can honour -----------------------
+
+WEEK = 7 * 24 * 3600  # the longest trial (hpsearch.params.MAX_TRIAL_SECONDS)
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "words"),
+    [
+        ({"timeout_seconds": WEEK + 1}, "timeout_seconds", "less than or equal to 604800"),
+        ({"timeout_seconds": 2_147_454.0}, "timeout_seconds", "604800"),  # the issue's value
+        ({"timeout_seconds": 1e308}, "timeout_seconds", "604800"),
+        ({"timeout_seconds": float("inf")}, "timeout_seconds", "finite"),
+        ({"epochs": 10_001}, "epochs", "10000"),
+        ({"seed": 2**63}, "seed", "2147483647"),
+        ({"divergence_factor": 1e308}, "divergence_factor", "less than or equal to"),
+    ],
+)
+def test_training_settings_refuse_what_no_worker_can_run(values, field, words) -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingSettings(**values)
+    (error,) = info.value.errors()
+    assert error["loc"] == (field,) and words in error["msg"], error
+
+
+def test_the_longest_trial_is_a_wait_a_worker_can_make() -> None:
+    """A worker waits on its trial's process with ``Connection.poll``, which takes at most
+    2**31 - 1 ms (24.8 days): the longest trial, with the grace a worker adds, fits in it three
+    times over (the issue's 2,147,454 s, plus 30 s of grace, did not: every worker that took the
+    trial died)."""
+    assert TrainingSettings(timeout_seconds=WEEK).timeout_seconds == WEEK
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    writer.send("epoch")  # ready: poll answers at once, once it has taken the timeout
+    assert reader.poll(3 * WEEK + 60)
+    with pytest.raises(OverflowError, match="timeout is too large"):
+        reader.poll(2_147_454 + 30)

@@ -317,3 +317,195 @@ def test_a_broken_size_parameter_skips_the_size_limit_only() -> None:
     )
     errors = refusal(raw)
     assert set(errors) == {"search_space.hidden_layers", "model.architecture"}, errors
+
+
+# -- every number bounded; no range that Optuna would silently change ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "reason"),
+    [
+        (
+            {"trial_timeout_seconds": 2_147_454},  # the issue's: killed every worker
+            "trial_timeout_seconds",
+            "at most 604,800 seconds (7 days), got 2147454",
+        ),
+        (
+            {"timeout_seconds": 1e12},  # the issue's: "date value out of range"
+            "timeout_seconds",
+            "at most 31,536,000 seconds (365 days: leave it out for no limit), got 1e+12",
+        ),
+        ({"n_trials": 2**63}, "n_trials", "less than or equal to 1000000"),
+        ({"epochs": 2**70}, "epochs", "less than or equal to 10000"),
+        ({"max_retries": 11}, "max_retries", "less than or equal to 10"),
+        ({"sampler": {"seed": 2**31}}, "sampler.seed", "less than or equal to 2147483647"),
+        (
+            {"sampler": {"type": "tpe", "n_startup_trials": 10**30}},
+            "sampler.n_startup_trials",
+            "less than or equal to 1000000",
+        ),
+        (
+            {"pruner": {"interval_steps": 10**12}},
+            "pruner.interval_steps",
+            "less than or equal to 10000",
+        ),
+        (
+            {"pruner": {"type": "hyperband", "reduction_factor": 2**70}},
+            "pruner.reduction_factor",
+            "less than or equal to 100",
+        ),
+    ],
+)
+def test_every_number_of_the_spec_has_a_maximum_named_in_its_error(
+    overrides, field, reason
+) -> None:
+    errors = refusal(study(**overrides))
+    assert field in errors, errors
+    assert reason in errors[field][0]
+
+
+def test_the_longest_time_limits_are_accepted() -> None:
+    spec = parse(study(timeout_seconds=365 * 24 * 3600, trial_timeout_seconds=7 * 24 * 3600))
+    assert (spec.timeout_seconds, spec.trial_timeout_seconds) == (31_536_000, 604_800)
+
+
+def test_the_epochs_maximum_never_passes_what_a_trial_accepts() -> None:
+    """HPSEARCH_MAX_EPOCHS set above the trainer's 10,000 still refuses what no trial can run."""
+    with pytest.raises(InvalidSpecError) as info:
+        parse_study_spec(study(training={"epochs": 10_001}), MAX_TRIALS, 10**6)
+    assert "must be an integer in [1, 10000]" in str(info.value)
+
+
+def test_a_stored_spec_past_a_maximum_is_read_at_the_maximum() -> None:
+    """A study stored before the maxima existed still loads (and runs), at the maximum; the
+    same spec submitted is refused."""
+    stored = {
+        **study(),
+        "trial_timeout_seconds": 30 * 24 * 3600.0,
+        "sampler": {"type": "tpe", "n_startup_trials": 10**7},
+    }
+    spec = StudySpec.model_validate(stored)
+    assert spec.trial_timeout_seconds == 604_800 and spec.sampler.n_startup_trials == 1_000_000
+    with pytest.raises(ValueError, match="less than or equal to 604800"):
+        StudySpec.model_validate(stored, context={"submitted": True})
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(10**400, "1.000e+400"), (-(2**64), "-1.844e+19"), (1e308, "1e+308"), (-1e308, "-1e+308")],
+)
+def test_huge_search_bounds_and_choices_get_a_field_error(value, shown) -> None:
+    space: dict[str, Any] = {"batch_size": {"type": "categorical", "choices": [value]}}
+    if isinstance(value, int):
+        space["hidden_units"] = {"type": "int", "low": 1, "high": value}
+    else:
+        space["dropout"] = {"type": "float", "low": 0.0, "high": value}
+    errors = refusal(study(search_space=space, model={}))
+    assert errors["search_space.batch_size.choices"] == [
+        f"{shown} is outside an integer in [1, 65536]"
+    ]
+    bound = f"search_space.{'hidden_units' if isinstance(value, int) else 'dropout'}.high"
+    assert errors[bound][0].startswith(f"{shown} is outside what the trainer accepts"), errors
+
+
+# What Optuna does to a range it cannot search as written (optuna.distributions'
+# _adjust_discrete_uniform_high, _adjust_int_uniform_high): it warns, and searches another.
+SILENTLY_CHANGED = [
+    (  # the issue's: Optuna searched 0.0 alone
+        {"dropout": {"type": "float", "low": 0, "high": 0.1, "step": 5.0}},
+        "search_space.dropout.step",
+        "5.0 is larger than the range [0.0, 0.1]: Optuna would search 0.0 alone; use a step of "
+        "at most 0.1 that divides high - low, or leave step out",
+    ),
+    (
+        {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.2}},
+        "search_space.dropout.step",
+        "the range [0.0, 0.5] is not a whole number of steps of 0.2: Optuna would search only "
+        "up to 0.4; make it high 0.4 or 0.6 (low plus a multiple of step), or use a step that "
+        "divides high - low",
+    ),
+    (
+        {"hidden_units": {"type": "int", "low": 16, "high": 100, "step": 16}},
+        "search_space.hidden_units.step",
+        "the range [16, 100] is not a whole number of steps of 16: Optuna would search only up "
+        "to 96; make it high 96 or 112",
+    ),
+    (
+        {"hidden_layers": {"type": "int", "low": 1, "high": 3, "step": 4}},
+        "search_space.hidden_layers.step",
+        "4 is larger than the range [1, 3]: Optuna would search 1 alone",
+    ),
+    (  # beyond the domain, the larger high is not offered
+        {"dropout": {"type": "float", "low": 0.5, "high": 0.95, "step": 0.2}},
+        "search_space.dropout.step",
+        "the range [0.5, 0.95] is not a whole number of steps of 0.2: Optuna would search only "
+        "up to 0.9; make it high 0.9 (low plus",
+    ),
+    (
+        {"hidden_units": {"type": "int", "low": 16, "high": 512, "log": True, "step": 16}},
+        "search_space.hidden_units.step",
+        "cannot be combined with log",
+    ),
+    (
+        {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": True, "step": 1e-4}},
+        "search_space.learning_rate.step",
+        "cannot be combined with log",
+    ),
+    (
+        {"learning_rate": {"type": "float", "low": 0.001, "high": 1.0, "step": 1e-9}},
+        "search_space.learning_rate.step",
+        "1e-09 cuts the range [0.001, 1.0] into more than 1,000,000 steps: leave step out",
+    ),
+    (  # 32 and 32.0 are one choice to Optuna: it never samples the second
+        {"batch_size": {"type": "categorical", "choices": [32, 64, 32.0]}},
+        "search_space.batch_size.choices",
+        "32.0 is listed twice (it equals 32): Optuna would only ever sample the first",
+    ),
+    (  # 1 equals True, but is not a boolean
+        {"input_batch_norm": {"type": "categorical", "choices": [True, 1]}},
+        "search_space.input_batch_norm.choices",
+        "1 is not allowed; one of False, True",
+    ),
+]
+
+
+@pytest.mark.parametrize(("space", "field", "reason"), SILENTLY_CHANGED)
+def test_a_range_optuna_would_change_is_refused_saying_what_to_write(space, field, reason) -> None:
+    errors = refusal(study(search_space=space))
+    assert list(errors) == [field], errors
+    assert errors[field][0].startswith(reason), errors[field][0]
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}},  # 5 in decimal
+        {"dropout": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}},
+        {"dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.5}},  # both ends
+        {"hidden_units": {"type": "int", "low": 16, "high": 128, "step": 16}},
+        {"hidden_units": {"type": "int", "low": 16, "high": 512, "log": True, "step": 1}},
+        {"batch_size": {"type": "categorical", "choices": [16, 32, 64]}},
+    ],
+)
+def test_a_range_optuna_searches_as_written_is_accepted(space) -> None:
+    assert parse(study(search_space=space, training={"epochs": 2})).space
+
+
+@pytest.mark.parametrize(
+    ("pruner", "field"),
+    [
+        ({"type": "hyperband", "min_resource": 3}, "pruner.min_resource"),
+        ({"type": "successive_halving", "min_resource": 5}, "pruner.min_resource"),
+        ({"type": "median", "n_warmup_steps": 3}, "pruner.n_warmup_steps"),
+    ],
+)
+def test_a_pruner_that_could_never_prune_is_refused(pruner, field) -> None:
+    errors = refusal(study(pruner=pruner))  # 2 epochs
+    assert errors == {
+        field: [
+            f"{pruner.get('min_resource', pruner.get('n_warmup_steps'))} is more than the 2 "
+            'epochs a trial trains: no trial could ever be pruned; use at most 2, or "type": '
+            '"none" for no pruning'
+        ]
+    }
+    assert parse(study(pruner={**pruner, "type": pruner["type"]}, training={"epochs": 5}))
