@@ -234,8 +234,16 @@ _UPLOAD_BODY = {
                         "description": ".npz (x_train, y_train, optional x_val, y_val, x_test, "
                         "y_test) or .csv (numeric or text features and a label column)",
                     },
-                    "name": {"type": "string", "maxLength": 200},
-                    "label_column": {"type": "string", "description": "csv: default 'label'"},
+                    "name": {
+                        "type": "string",
+                        "maxLength": 200,
+                        "description": "at most 200 bytes (UTF-8); default: the file's name",
+                    },
+                    "label_column": {
+                        "type": "string",
+                        "maxLength": 200,
+                        "description": "csv: default 'label'; at most 200 bytes (UTF-8)",
+                    },
                     "format": {"type": "string", "enum": ["npz", "csv"]},
                 },
             }
