@@ -172,8 +172,12 @@ def create_study(url: str, spec: StudySpec, uid: str) -> int:
         else StudyDirection.MINIMIZE
     )
     optuna_study_id = storage.create_new_study([direction], study_name=uid)
-    storage.set_study_user_attr(optuna_study_id, "hpsearch_study", spec.name)
-    storage.set_study_user_attr(optuna_study_id, "objective", spec.objective.metric)
+    try:
+        storage.set_study_user_attr(optuna_study_id, "hpsearch_study", spec.name)
+        storage.set_study_user_attr(optuna_study_id, "objective", spec.objective.metric)
+    except BaseException:
+        delete_study(url, optuna_study_id)  # all or nothing, like the study it is for
+        raise
     return optuna_study_id
 
 

@@ -28,7 +28,12 @@ TRIAL_STATES = ("running", *FINISHED_TRIAL_STATES)
 
 
 def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
-    """Validate a spec and create the study (queued until a worker asks)."""
+    """Validate a spec and create the study (queued until a worker asks).
+
+    All or nothing: whatever can be refused is checked, and everything the row needs computed,
+    before the Optuna study exists; any failure after it (a name taken meanwhile, a database
+    error) removes it again, so that no refusal leaves an Optuna study or a row behind.
+    """
     spec = parse_study_spec(
         raw,
         ctx.settings.max_trials,
@@ -38,12 +43,13 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
     )
     dataset_id = spec.dataset.get("id")
     _check_active_limit(ctx)
-    with ctx.sessions() as s:
-        if s.scalar(select(Study.id).where(Study.name == spec.name)) is not None:
-            raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
-    uid = f"hpsearch-{uuid.uuid4().hex}"
+    if _name_taken(ctx, spec.name):
+        raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
+    uid, now = f"hpsearch-{uuid.uuid4().hex}", utcnow()
+    stored = spec.model_dump(mode="json", exclude_none=True)
+    # At most a year ahead (the spec's maximum): never past what a datetime holds.
+    deadline = now + timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None
     optuna_study_id = optuna_bridge.create_study(ctx.url, spec, uid)
-    now = utcnow()
     try:
         with unit_of_work(ctx.sessions) as s:
             study = Study(
@@ -51,13 +57,11 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
                 uid=uid,
                 optuna_study_id=optuna_study_id,
                 status="queued",
-                spec=spec.model_dump(mode="json", exclude_none=True),
+                spec=stored,
                 n_trials=spec.n_trials,
                 dataset_id=dataset_id,
                 created_at=now,
-                deadline_at=now + timedelta(seconds=spec.timeout_seconds)
-                if spec.timeout_seconds
-                else None,
+                deadline_at=deadline,
             )
             s.add(study)
             s.flush()
@@ -65,16 +69,36 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
             # Named with our id, in the transaction that records the study: both or neither.
             optuna_name = optuna_bridge.optuna_study_name(spec.name, study_id)
             optuna_bridge.name_study(s, optuna_study_id, optuna_name)
-    except IntegrityError:
-        optuna_bridge.delete_study(ctx.url, optuna_study_id)
-        raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists") from None
-    except optuna_bridge.OptunaNameTakenError as exc:
-        optuna_bridge.delete_study(ctx.url, optuna_study_id)
-        raise AlreadyExistsError(
-            "name", f"{exc}, made outside this service: rename or delete it there"
-        ) from None
+    except BaseException as exc:
+        _discard_optuna_study(ctx, optuna_study_id, spec.name)
+        if isinstance(exc, optuna_bridge.OptunaNameTakenError):
+            raise AlreadyExistsError(
+                "name", f"{exc}, made outside this service: rename or delete it there"
+            ) from None
+        if isinstance(exc, IntegrityError) and _name_taken(ctx, spec.name):
+            raise AlreadyExistsError(
+                "name", f"a study named {spec.name!r} already exists"
+            ) from None
+        raise
     log.info("study created", extra={"study": spec.name, "n_trials": spec.n_trials})
     return get_study(ctx, study_id)
+
+
+def _name_taken(ctx: ServiceContext, name: str) -> bool:
+    with ctx.sessions() as s:
+        return s.scalar(select(Study.id).where(Study.name == name)) is not None
+
+
+def _discard_optuna_study(ctx: ServiceContext, optuna_study_id: int, name: str) -> None:
+    """Remove the Optuna study of a study that was not created. Should the database refuse
+    that too, it is left under its uid (``hpsearch-<hex>``), which no study of ours names."""
+    try:
+        optuna_bridge.delete_study(ctx.url, optuna_study_id)
+    except Exception:
+        log.exception(
+            "the Optuna study of a study not created could not be removed",
+            extra={"study": name, "optuna_study_id": optuna_study_id},
+        )
 
 
 def _check_active_limit(ctx: ServiceContext) -> None:
