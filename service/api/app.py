@@ -19,6 +19,7 @@ from hpsearch.logs import configure_logging
 from service import analysis, auth, datasets
 from service.api.auth import USER, USER_OR_WORKER, WORKER, session_router
 from service.api.errors import ERROR_RESPONSES, install_error_handlers
+from service.api.json_guard import JsonGuard
 from service.api.lifecycle import Drain, DrainGate
 from service.api.middleware import BodyLimit, Lanes, LoopbackGuard, SecurityHeaders
 from service.api.routes import (
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (only for configured origins), then the drain (no new work while shutting down), then the
     # limits on bodies, then the lanes.
     app.add_middleware(Lanes, slots=settings.user_request_slots)
+    app.add_middleware(JsonGuard)  # inside the body limits: too deep, or a NUL -> 422
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, seconds=settings.request_body_seconds
     )

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 
 from service.api.auth import AuthError
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 DATABASE_RETRY_AFTER_SECONDS = 1
 
 _UNION_TAGS = {"float", "int", "categorical", "function-after[_one_source()]"}
+# How much of a refused input a reason quotes: a 10,000-character string is named, not repeated.
+_QUOTED_CHARS = 80
 
 
 class FieldProblem(BaseModel):
@@ -76,6 +78,13 @@ def refusal(
     return JSONResponse(status_code=status, content=_body(detail, errors), headers=headers)
 
 
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= _QUOTED_CHARS:
+        return text
+    return f"{text[: _QUOTED_CHARS - 2]}…{text[-1]} ({len(text):,} characters)"
+
+
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("bytes", "KiB", "MiB", "GiB"):
@@ -120,8 +129,9 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = []
         for err in exc.errors():
             reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            if "input" in err and err.get("type") not in ("missing", "extra_forbidden"):
-                reason += f" (got {err['input']!r})" if not isinstance(err["input"], dict) else ""
+            quote = "input" in err and not isinstance(err["input"], dict)
+            if quote and err.get("type") not in ("missing", "extra_forbidden"):
+                reason += f" (got {_quoted(err['input'])})"
             if err.get("type") == "extra_forbidden":
                 reason = "unknown name"
             errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
@@ -162,6 +172,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConflictError)
     async def conflict(_: Request, exc: ConflictError) -> JSONResponse:
         return JSONResponse(status_code=409, content=_body(str(exc)))
+
+    @app.exception_handler(DataError)
+    async def unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value (too long, out of range, a NUL on PostgreSQL) that the
+        # API's checks let through: still bad input, not a server error; the transaction was
+        # rolled back. Logged, since a check that names the field is missing.
+        problem = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+        log.warning(
+            "a value the database cannot store reached it: answered 422",
+            extra={"path": request.url.path, "problem": problem},
+        )
+        reason = f"a value does not fit what the database stores ({problem}); nothing was changed"
+        return JSONResponse(
+            status_code=422, content=_body(reason, [{"field": "(body)", "reason": reason}])
+        )
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(StorageInternalError)
