@@ -81,6 +81,7 @@ def register(subparsers: Any) -> None:
     )
     worker.add_argument(
         "--id",
+        type=_worker_id,
         default=os.environ.get("HPSEARCH_WORKER_ID"),
         help="this worker's id in the service (default: host-pid-random)",
     )
@@ -128,6 +129,21 @@ def register(subparsers: Any) -> None:
         "default ~/.cache/hpsearch/datasets)",
     )
     worker.set_defaults(handler=run_worker_command)
+
+
+def _worker_id(value: str) -> str:
+    """``--id``: what the protocol takes (letters, digits and ``_.:@-``, 200 at most)."""
+    from pydantic import ValidationError
+
+    from hpsearch.protocol import AskRequest
+
+    try:
+        AskRequest(worker_id=value)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: 1 to 200 letters, digits and _.:@- only"
+        ) from None
+    return value
 
 
 def _stop_grace(value: str) -> float:

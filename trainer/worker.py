@@ -120,6 +120,15 @@ class TokenRefusedError(LeaseLostError):
         )
 
 
+def _detail(response: httpx.Response) -> str:
+    """An API refusal in one line: its status and detail."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    return f"HTTP {response.status_code}: {str(detail)[:500]}"
+
+
 def default_worker_id() -> str:
     """``host-pid-xxxxxx``: the random part tells a restarted container (same host name, pid 1)
     from the process it replaces, so the trial the old one held is re-run as a lost trial."""
@@ -539,9 +548,14 @@ class Worker:
         if isinstance(outcome, _HandBack):
             self._release(a, outcome, fields)
             return
+        self._tell(a, outcome, fields)
+        self.trials_done += 1
+
+    def _tell(self, a: Assignment, result: TrialResult, fields: dict[str, Any]) -> None:
+        """Tell the result; one the API refuses (4xx) is told again as this trial's failure."""
         try:
             told = self._client.tell(
-                a.trial_id, TellRequest(worker_id=self.worker_id, attempt=a.attempt, result=outcome)
+                a.trial_id, TellRequest(worker_id=self.worker_id, attempt=a.attempt, result=result)
             )
             log.info(
                 "trial told",
@@ -549,7 +563,11 @@ class Worker:
             )
         except LeaseLostError as exc:
             log.warning("result not taken", extra={**fields, "detail": str(exc)})
-        self.trials_done += 1
+        except httpx.HTTPStatusError as exc:
+            refused = f"failed: the service refused its result: {_detail(exc.response)}"
+            log.error("result refused", extra={**fields, "reason": refused})
+            if result.state is not TrialState.FAILED or result.reason != refused:
+                self._tell(a, self._failed(a, refused), fields)
 
     def _outcome(
         self, a: Assignment, session: _TrialSession, fields: dict[str, Any]
@@ -593,6 +611,9 @@ class Worker:
             answer = self._client.release(a.trial_id, body, hurried)
         except LeaseLostError as exc:
             log.warning("release not taken", extra={**fields, "detail": str(exc)})
+            return
+        except httpx.HTTPStatusError as exc:  # its lease expires: it is re-run as a lost trial
+            log.error("release refused", extra={**fields, "detail": _detail(exc.response)})
             return
         except (ApiUnreachableError, StopRequestedError) as exc:
             if not hurried:

@@ -65,11 +65,16 @@ def test_bad_dataset_file_exits_2_with_its_reason(tmp_path) -> None:
     assert "x_train has 10 examples but y_train has 9 labels" in out.stderr
 
 
-def test_worker_stop_grace_is_checked_before_the_worker_starts() -> None:
-    for value in ("-1", "soon", "1e9"):
-        out = hpsearch("worker", "--api", "http://127.0.0.1:9", "--stop-grace", value)
+def test_worker_stop_grace_and_id_are_checked_before_the_worker_starts() -> None:
+    for option, value in (
+        ("--stop-grace", "-1"),
+        ("--stop-grace", "soon"),
+        ("--stop-grace", "1e9"),
+        ("--id", "two words"),
+    ):
+        out = hpsearch("worker", "--api", "http://127.0.0.1:9", option, value)
         assert out.returncode == 2, out.stderr
-        assert "argument --stop-grace:" in out.stderr and "Traceback" not in out.stderr
+        assert f"argument {option}:" in out.stderr and "Traceback" not in out.stderr
     from_env = subprocess.run(
         [sys.executable, "-m", "hpsearch", "worker", "--api", "http://127.0.0.1:9"],
         capture_output=True,
