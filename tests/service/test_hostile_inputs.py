@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import String
 
+from service.db.models import Base
 from tests.service.conftest import Api, execute, query, spec
 from tests.service.test_protocol import METRICS, FakeWorker, create
 
@@ -205,6 +207,92 @@ def test_protocol_values_the_database_cannot_hold_are_422_and_change_nothing(
     assert worker.report(trial, 1, 0.25).status_code == 200
     detail = api.http.get(f"/api/v1/studies/{trial['study_id']}/trials/{trial['number']}").json()
     assert detail["state"] == "running" and [e["epoch"] for e in detail["epochs"]] == [1]
+
+
+# Every bounded text column of ours, and what writes it: the API field whose check keeps its
+# values within the column (probed below with one character too many), or the service itself.
+TEXT_COLUMNS: dict[str, str | None] = {
+    "hps_studies.name": "studies:name",
+    "hps_studies.uid": None,  # hpsearch-<32 hex>
+    "hps_studies.status": None,
+    "hps_studies.dataset_id": "studies:dataset.id",
+    "hps_datasets.id": None,
+    "hps_datasets.name": "upload:name",
+    "hps_datasets.sha256": None,
+    "hps_datasets.format": "upload:format",
+    "hps_datasets.label_column": "upload:label_column",
+    "hps_trials.state": None,
+    "hps_trials.worker_id": "ask:worker_id",
+    "hps_workers.id": "ask:worker_id",
+    "hps_workers.hostname": "ask:hostname",
+    "hps_tokens.id": None,
+    "hps_tokens.name": None,  # `hpsearch token create NAME` checks it (1 to 200 characters)
+    "hps_tokens.kind": None,
+    "hps_tokens.token_hash": None,
+    "hps_tokens.hint": None,
+    "hps_trial_releases.worker_id": "release:worker_id",
+    "hps_trial_releases.cause": None,  # "stopping" or "crashed", by the schema
+    "hps_trial_releases.outcome": None,
+}
+
+
+def upload_with(field: str, value: str) -> tuple[bytes, str]:
+    """A multipart upload of a small CSV with one text field set."""
+    boundary = "hps-hostile"
+    parts = [
+        ("file", 'filename="t.csv"', b"x,label\n1,0\n2,1\n3,0\n4,1\n"),
+        (field, "", value.encode()),
+    ]
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'.encode()
+        + (f"; {extra}".encode() if extra else b"")
+        + b"\r\n\r\n"
+        + content
+        + b"\r\n"
+        for name, extra, content in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_every_bounded_text_column_is_checked_before_the_database(api: Api) -> None:
+    """One character past each column's length is a 422 naming the field, on PostgreSQL (which
+    refuses it) as on SQLite (which would store it); a new bounded column must be listed."""
+    lengths = {
+        f"{table.name}.{column.name}": column.type.length
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, String) and column.type.length
+    }
+    assert set(lengths) <= set(TEXT_COLUMNS), set(lengths) - set(TEXT_COLUMNS)
+    paths = api.http.get("/openapi.json").json()["paths"]
+    for column, writer in TEXT_COLUMNS.items():
+        if writer is None or column not in lengths:
+            continue
+        endpoint, field = writer.split(":")
+        value = "w" * (lengths[column] + 1)
+        if endpoint == "upload":
+            body, content_type = upload_with(field, value)
+            answer = api.http.post(
+                "/api/v1/datasets", content=body, headers={"Content-Type": content_type}
+            )
+        elif endpoint == "studies":
+            raw = spec("too-long")
+            if field == "name":
+                raw["name"] = value
+            else:
+                raw["dataset"] = {"id": value}
+            answer = post(api, "/api/v1/studies", raw)
+        elif endpoint == "ask":
+            body_ = {"worker_id": "w", "hostname": "h", field: value}
+            answer = post(api, "/api/v1/workers/ask", body_)
+        else:
+            if "/api/v1/trials/{trial_id}/release" not in paths:
+                continue  # before the release endpoint lands
+            release = {"worker_id": value, "attempt": 1, "cause": "stopping", "reason": "x"}
+            answer = post(api, "/api/v1/trials/1/release", release)
+        assert answer.status_code == 422, (column, answer.text)
+        fields = [e["field"] for e in answer.json()["errors"]]
+        assert field in fields, (column, fields)
 
 
 def test_a_hostname_of_255_characters_is_stored_and_256_refused(api: Api) -> None:
