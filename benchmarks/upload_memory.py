@@ -62,6 +62,21 @@ def zip_bomb(path: Path, gib: float) -> Path:
     return path
 
 
+def sparse_npz(path: Path, gib: float) -> Path:
+    """An ``.npz`` whose float32 inputs (one value in 256 not zero) decompress to ``gib`` GiB at
+    about 140 times their size: under the ratio bound, so its checks stream all of it."""
+    rows = int(gib * 2**30) // (256 * 4)
+    rng = np.random.default_rng(0)
+    sparse = np.zeros(_BLOCK // 4, np.float32)
+    sparse[::256] = rng.standard_normal(sparse[::256].size)
+    block = sparse.tobytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        _write_member(archive, "x_train.npy", (rows, 256), "<f4", lambda n: block[:n])
+        labels = (np.arange(rows) % 10).astype(np.uint8).tobytes()
+        _write_member(archive, "y_train.npy", (rows,), "|u1", lambda n: labels[:n])
+    return path
+
+
 def float32_npz(path: Path, megabytes: int) -> Path:
     """An uncompressed ``.npz`` of ``megabytes`` MB of random float32 inputs and 10 classes."""
     rows = megabytes * 10**6 // (256 * 4)
@@ -154,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
             f"zip bomb: .npz decompressing to {bomb_gib:g} GiB": (
                 folder / f"bomb-{bomb_gib:g}.npz",
                 lambda p: zip_bomb(p, bomb_gib),
+            ),
+            f"{bomb_gib:g} GiB of float32 at 140x, .npz (streamed)": (
+                folder / f"sparse-{bomb_gib:g}.npz",
+                lambda p: sparse_npz(p, bomb_gib),
             ),
             f"{npz_mb} MB of float32, .npz": (
                 folder / f"float32-{npz_mb}.npz",
