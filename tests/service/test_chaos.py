@@ -106,15 +106,16 @@ class Chaos:
     def __init__(self, env: dict[str, str], tmp: Path, port: int, seed: int) -> None:
         self.env, self.tmp, self.port = env, tmp, port
         self.rng = random.Random(seed)
-        self.starts = 0
+        self.started: list[Serve] = []
         self.serve = self._start()
         self.exits: list[tuple[str, int, float]] = []  # (what was sent, exit code, seconds)
         self.seen: dict[int, tuple[str, float | None]] = {}  # number -> finished (state, value)
 
     def _start(self) -> Serve:
-        self.starts += 1
-        log = self.tmp / f"serve-{self.starts}.log"
-        return start_serve(self.env, log, workers=1, port=self.port)
+        log = self.tmp / f"serve-{len(self.started) + 1}.log"
+        serve = start_serve(self.env, log, workers=1, port=self.port)
+        self.started.append(serve)
+        return serve
 
     def observe(self, study_id: int) -> None:
         """Note every finished trial, from the database (the API may be away)."""
@@ -234,7 +235,7 @@ def test_a_study_keeps_its_budget_and_its_results_through_chaos(
         code = chaos.serve.stop(signal.SIGTERM, timeout=15)
         assert code == 0
         print(
-            f"events: {events}; serve started {chaos.starts} times; "
+            f"events: {events}; serve started {len(chaos.started)} times; "
             f"re-run attempts: {sum(t['attempt'] > 1 for t in trials)}"
         )
     except Exception as exc:
@@ -244,5 +245,6 @@ def test_a_study_keeps_its_budget_and_its_results_through_chaos(
         for w in remote:
             if w.ident is not None:
                 w.join(10)
-        chaos.serve.kill()
+        for serve in chaos.started:
+            serve.kill()
         drop()
