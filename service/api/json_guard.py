@@ -24,6 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import refusal
 
 MAX_JSON_DEPTH = 32
+# A refusal names the top-level field at fault when the body is at most this large (parsing it is
+# how the field is found; every body this API documents is far smaller); past it, "(body)".
+NAMED_UP_TO_BYTES = 64 * 1024
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 # Every bracket as "[" or "]", everything else dropped: nesting is all that is left.
@@ -80,7 +83,10 @@ def first_problem(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, st
 
 def _field_of(body: bytes, holds: Callable[[bytes], bool]) -> str:
     """The first top-level field whose value ``holds`` the problem; ``(body)`` when the body
-    is not an object, or cannot be parsed (the parser's own recursion limit, or bad JSON)."""
+    is not an object, cannot be parsed (the parser's own recursion limit, or bad JSON), or is
+    larger than ``NAMED_UP_TO_BYTES`` (so that a refusal never costs more than a small parse)."""
+    if len(body) > NAMED_UP_TO_BYTES:
+        return "(body)"
     try:
         members = json.loads(body)
     except (ValueError, RecursionError):
