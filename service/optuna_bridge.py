@@ -340,9 +340,13 @@ def tell(url: str, optuna_study_id: int, trial_id: int, state: str, value: float
 
 def running_trials(url: str, optuna_study_id: int) -> list[tuple[int, float, dict[str, Any]]]:
     """Optuna's running trials of a study: (trial id, seconds since it started, params)."""
-    study = load_study(url, optuna_study_id)
+    try:
+        study = load_study(url, optuna_study_id)
+        running = study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+    except KeyError:  # the study was deleted since the caller listed it: nothing is running
+        return []
     now = datetime.now()  # Optuna stamps trials with naive local time
     return [
         (t._trial_id, (now - (t.datetime_start or now)).total_seconds(), dict(t.params))
-        for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+        for t in running
     ]
