@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpsearch.datafiles._arrays import CheckedArrays, check_arrays
+from hpsearch.datafiles._arrays import CLASS_CEILING, CheckedArrays, check_arrays
 from hpsearch.datafiles._common import (
     CSV_BLOCK_BYTES,
     MAX_CATEGORIES,
@@ -48,6 +48,7 @@ from hpsearch.datafiles._csv import check_csv, load_csv
 from hpsearch.datafiles._npz import check_npz, load_npz
 
 __all__ = [
+    "CLASS_CEILING",
     "CSV_BLOCK_BYTES",
     "MAX_CATEGORIES",
     "MAX_COMPRESSION_RATIO",

@@ -16,6 +16,10 @@ from hpsearch.datafiles._common import PARTS, DatasetError, RawArrays
 # One array's (shape, dtype), keyed by its name: what an .npz member's header says.
 Layout = Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]]
 _CHUNK = 1 << 22  # elements per finiteness check: bounds the temporary to 4 MB
+# Labels lie below this even where no ``max_classes`` bounds them (a path dataset, which the
+# trainer checks): a softmax over more classes fits no worker, and the class counts, the split's
+# bincount and the model's last layer are all as long as the largest label.
+CLASS_CEILING = 1_000_000
 
 
 def check_layout(layout: Layout, field: str) -> tuple[str, ...]:
@@ -104,12 +108,19 @@ class LabelStats:
             raise DatasetError(
                 field, f"y_{part} holds a negative label ({int(low)}); labels start at 0"
             )
-        if self.max_classes is not None and high is not None and high >= self.max_classes:
+        bound = CLASS_CEILING if self.max_classes is None else self.max_classes
+        if high is not None and high >= bound:
             raise DatasetError(
                 field,
                 f"y_{part} holds the label {int(high)}; labels must be integers in "
-                f"[0, {self.max_classes - 1}] (at most {self.max_classes} classes)",
+                f"[0, {bound - 1}] (at most {bound} classes)",
             )
+
+    def labels(self) -> set[int]:
+        """The labels seen at least once."""
+        if self.max_classes is not None:
+            return set(np.flatnonzero(self._counts).tolist())
+        return {v for v, c in self._other.items() if c}
 
     def counts(self, n_classes: int) -> np.ndarray:
         """Examples per class, ``0 .. n_classes - 1``."""
@@ -128,9 +139,9 @@ def check_classes(stats: Mapping[str, LabelStats], field: str) -> int:
     n_classes = int(max(int(s.high or 0) for s in stats.values()) + 1)
     if n_classes < 2:
         raise DatasetError(field, "the labels must cover at least 2 classes")
-    seen = set(np.flatnonzero(stats["train"].counts(n_classes)).tolist())
+    seen = stats["train"].labels()
     for part, s in stats.items():
-        missing = sorted(set(np.flatnonzero(s.counts(n_classes)).tolist()) - seen)
+        missing = sorted(s.labels() - seen)
         if missing:
             raise DatasetError(
                 field, f"y_{part} holds label(s) {missing[:5]} never seen in y_train"

@@ -10,9 +10,11 @@ Nothing is unpickled: headers with an object dtype are refused, and ``np.load`` 
 
 from __future__ import annotations
 
+import lzma
 import math
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,8 @@ _READ_ERRORS = (
     NotImplementedError,  # a compression method zipfile cannot read
     RuntimeError,  # an encrypted member
     struct.error,
+    zlib.error,  # a corrupt deflate stream: zipfile does not wrap it
+    lzma.LZMAError,  # likewise for an lzma member
 )
 
 

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from hpsearch.datafiles import (
+    CLASS_CEILING,
     CSV_BLOCK_BYTES,
     DatasetError,
     Fields,
+    RawArrays,
     check_arrays,
     check_file,
     file_format,
@@ -262,3 +264,57 @@ def test_csv_decoded_past_the_limit_is_refused(tmp_path) -> None:
     path.write_bytes(("a,b,label\n" + rows(2000, "{i},{i},{l}")).encode())
     reason = refusal(path, "csv", limit=10_000)
     assert "features take" in reason and "as float32; the limit is 10,000" in reason
+
+
+def corrupt_compressed_npz(path: Path) -> Path:
+    """A ``numpy.savez_compressed`` file whose x_train deflate stream has bytes flipped 40 bytes
+    in: its directory and header read fine, its data does not inflate."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, x_train=rng.normal(size=(500, 8)).astype(np.float32), y_train=np.arange(500) % 2
+    )
+    data = bytearray(buffer.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("x_train.npy")
+    at = info.header_offset
+    name_len, extra_len = (int.from_bytes(data[at + o : at + o + 2], "little") for o in (26, 28))
+    start = at + 30 + name_len + extra_len + 40
+    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_corrupt_compressed_npz_is_refused_naming_the_file_by_every_check(tmp_path: Path) -> None:
+    path = corrupt_compressed_npz(tmp_path / "corrupt.npz")
+    assert "corrupt.npz: not a readable .npz file (truncated or corrupt" in refusal(path)
+    with pytest.raises(DatasetError) as info:
+        read_file(path, "npz", "label", FIELDS, LIMIT)
+    assert "truncated or corrupt" in info.value.errors[0].reason
+
+
+def test_a_huge_label_in_a_path_dataset_is_refused_without_an_array_that_long() -> None:
+    """The trainer checks with no max_classes: a label of 10**10 would need 74.5 GiB of counts
+    (and as many softmax units); it is refused naming the ceiling, at once."""
+    y = np.array([0, 1, 10**10, 1])
+    raw = RawArrays(x_train=np.ones((4, 2), np.float32), y_train=y)
+    started = time.monotonic()
+    with pytest.raises(DatasetError) as info:
+        check_arrays(raw)
+    assert time.monotonic() - started < 1
+    assert info.value.errors[0].reason == (
+        "y_train holds the label 10000000000; labels must be integers in "
+        f"[0, {CLASS_CEILING - 1}] (at most {CLASS_CEILING} classes)"
+    )
+
+
+def test_labels_under_the_ceiling_are_checked_from_the_labels_seen() -> None:
+    y_val = np.array([5, 700_000])
+    raw = RawArrays(
+        x_train=np.ones((4, 2), np.float32),
+        y_train=np.array([0, 1, 5, 1]),
+        x_val=np.ones((2, 2), np.float32),
+        y_val=y_val,
+    )
+    with pytest.raises(DatasetError) as info:
+        check_arrays(raw)
+    assert info.value.errors[0].reason == "y_val holds label(s) [700000] never seen in y_train"
