@@ -113,7 +113,11 @@ class JsonGuard:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        # The first Content-Type, as Starlette reads it (a dict of the headers keeps the last:
+        # a second header would let a body past the guard that the application parses).
+        content_type = next(
+            (value for key, value in scope["headers"] if key == b"content-type"), b""
+        ).decode("latin-1")
         if not parsed_as_json(content_type):
             await self.app(scope, receive, send)  # uploads: multipart, streamed
             return

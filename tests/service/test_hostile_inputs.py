@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import String
 
 from service.db.models import Base
+from tests.hpsearch.test_datafiles import corrupt_compressed_npz
 from tests.service.conftest import Api, execute, query, spec
 from tests.service.test_protocol import METRICS, FakeWorker, create
 
@@ -121,6 +123,24 @@ def test_a_spec_nested_too_deep_is_a_422_naming_its_section(api: Api, levels: in
             "field": section,
             "reason": DEPTH_REASON,
         }
+    assert stored(api) == before
+
+
+def test_a_second_content_type_header_does_not_take_a_body_past_the_depth_check(
+    api: Api,
+) -> None:
+    """The application reads the first Content-Type; the guard read the last, so a trailing
+    ``text/plain`` let a 900-level body through to the parser (review of issue 16)."""
+    before = stored(api)
+    body = json.dumps(spec("two-types")).replace(
+        '"model": {', f'"model": {{"deep": {nested(900)}, ', 1
+    )
+    answer = api.http.post(
+        "/api/v1/studies",
+        content=body,
+        headers=[("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+    )
+    assert error_of(answer) == {"field": "model", "reason": DEPTH_REASON}
     assert stored(api) == before
 
 
@@ -362,6 +382,19 @@ def test_a_value_the_database_refuses_is_a_422_and_leaves_nothing(api: Api) -> N
     }
     assert stored(api) == before
     assert "a value the database cannot store reached it: answered 422" in api.log.read_text()
+
+
+def test_a_corrupt_compressed_npz_upload_is_a_422_naming_the_file(api: Api, tmp_path: Path) -> None:
+    """A deflate stream with flipped bytes raised zlib.error, which zipfile does not wrap: a 500
+    (review of issue 16). Now a refusal that names ``file``, and no dataset row is left."""
+    path = corrupt_compressed_npz(tmp_path / "corrupt.npz")
+    before = query(api, "SELECT count(*) AS n FROM hps_datasets")[0]["n"]
+    with path.open("rb") as f:
+        answer = api.http.post("/api/v1/datasets", files={"file": ("corrupt.npz", f)})
+    error = error_of(answer)
+    assert error["field"] == "file"
+    assert "corrupt.npz: not a readable .npz file (truncated or corrupt" in error["reason"]
+    assert query(api, "SELECT count(*) AS n FROM hps_datasets")[0]["n"] == before
 
 
 def test_no_hostile_input_left_a_traceback_in_the_log(api: Api) -> None:
