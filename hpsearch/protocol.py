@@ -31,6 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from hpsearch.params import TrainingSettings
 from hpsearch.results import MAX_EPOCHS, TrialResult
 
+# A stopping worker's grace for its trial (``--stop-grace``, ``HPSEARCH_WORKER_STOP_GRACE``), and
+# the most either side accepts.
+DEFAULT_STOP_GRACE_SECONDS = 5.0
+MAX_STOP_GRACE_SECONDS = 3600.0
+# How long a stopping worker's release (hand-back) may wait for the API, in all.
+RELEASE_SECONDS = 2.5
+# The longest reason a release carries, and that a trial's record keeps of its history.
+MAX_REASON_CHARS = 2000
+
 WorkerId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 # Attempts are 32-bit in the database: a larger one is a 422, never a database error.
 Attempt = Annotated[int, Field(ge=1, le=2**31 - 1)]
@@ -130,7 +139,9 @@ class ReleaseRequest(BaseModel):
         description="stopping: the worker is shutting down (the trial is re-run, no retry used); "
         "crashed: the trial's process died (killed, out of memory): a retry is used"
     )
-    reason: str = Field(max_length=2000, description="what happened, for the trial's record")
+    reason: str = Field(
+        max_length=MAX_REASON_CHARS, description="what happened, for the trial's record"
+    )
 
 
 class ReleaseAnswer(BaseModel):

@@ -65,7 +65,7 @@ class _Slot:
     restarts: int = 0
     delay: float = 0.0
     start_at: float = 0.0  # when to start the next worker (monotonic)
-    signalled: int = 0  # SIGTERMs sent to the current worker
+    signalled: int = 0  # stop signals sent to the current worker: 1 SIGTERM, 2 and SIGUSR1
     retired: bool = False  # exited 0 on its own: not restarted
 
 
@@ -101,18 +101,24 @@ class Supervisor:
             self._thread.start()
 
     def stop(self, now: bool = False) -> None:
-        """No more restarts; SIGTERM to each running worker, once (``now``: a second time,
-        which makes a worker hand its trial back at once)."""
+        """No more restarts; SIGTERM to each running worker, once. ``now``: SIGUSR1 as well,
+        once, which makes a worker hand its trial back at once (a second SIGTERM would not,
+        within 1 s of the first: the worker takes it for the first delivered twice)."""
         self._stopping.set()
         with self._lock:
             for slot in self._slots:
-                if self._alive(slot) and slot.signalled < (2 if now else 1):
-                    slot.signalled += 1
-                    assert slot.process is not None
+                if not self._alive(slot):
+                    continue
+                assert slot.process is not None
+                if slot.signalled == 0:
+                    slot.signalled = 1
                     self._signal(slot.process, signal.SIGTERM)
+                if now and slot.signalled == 1:
+                    slot.signalled = 2
+                    self._signal(slot.process, signal.SIGUSR1)
 
     def running(self) -> int:
-        """How many workers are running (or about to start)."""
+        """How many workers are running."""
         with self._lock:
             return sum(1 for s in self._slots if self._alive(s))
 

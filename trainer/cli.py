@@ -12,11 +12,10 @@ from typing import Any
 from hpsearch.datasets import BUILTIN_DATASETS, DatasetSpec, validate_dataset
 from hpsearch.errors import FieldError, InvalidSpecError
 from hpsearch.params import TrainingSettings, TrialParams, validate_params
+from hpsearch.protocol import DEFAULT_STOP_GRACE_SECONDS, MAX_STOP_GRACE_SECONDS
 from hpsearch.results import METRIC_NAMES, TrialResult, TrialState
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-# The worker's (trainer.worker.DEFAULT_STOP_GRACE_SECONDS, not imported: it pulls in httpx).
-DEFAULT_STOP_GRACE_SECONDS = 5.0
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +65,8 @@ def register(subparsers: Any) -> None:
         description="Ask the service at --api for trials, train each one, report every epoch, "
         "tell the result. SIGTERM (or Ctrl-C) asks for no more trials and gives the current one "
         "--stop-grace seconds to finish; then it is handed back (another worker re-runs it at "
-        "once) and the worker exits 0. A second signal hands it back at once. Exit codes: 0 "
+        "once) and the worker exits 0. A second signal (1 s or more later), or SIGUSR1 at any "
+        "time, hands it back at once. Exit codes: 0 "
         "stopped, 3 the API unreachable, 4 the token refused.",
     )
     worker.add_argument(
@@ -147,13 +147,15 @@ def _worker_id(value: str) -> str:
 
 
 def _stop_grace(value: str) -> float:
-    """``--stop-grace``: seconds, from 0 to a day."""
+    """``--stop-grace``: seconds, from 0 to an hour (what serve's settings accept too)."""
     try:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
-    if not 0 <= seconds <= 86_400:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 86400 seconds, got {value}")
+    if not 0 <= seconds <= MAX_STOP_GRACE_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be from 0 to {MAX_STOP_GRACE_SECONDS:g} seconds, got {value}"
+        )
     return seconds
 
 

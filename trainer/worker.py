@@ -20,9 +20,12 @@ Stopping, as ``hpsearch serve``, compose and Kubernetes rely on it:
   assigned while the stop was requested is released at once, untrained.
 - A second signal, 1 s or more after the first, ends the grace at once (kill, release). One sent
   both to the worker and to its process group arrives twice within a moment: that counts once.
-- A release waits at most about 3 s for the API: if it is gone the worker gives up and the
-  trial's lease expires as it would have. Every other call gives up as soon as the grace is
-  over, so that the worker is gone within ``stop_grace`` + about 3 s of the first signal.
+  SIGUSR1 ends the grace at once whenever it comes (what ``hpsearch serve`` sends when hurried,
+  however soon after its first SIGTERM).
+- A release waits at most 2.5 s (``RELEASE_SECONDS``) for the API: if it is gone the worker
+  gives up and the trial's lease expires as it would have. Every other call gives up as soon as
+  the grace is over, so that the worker is gone within ``stop_grace`` + about 2.5 s of the first
+  signal.
 - Exit status 0 after a requested stop (or ``--max-trials``), with no traceback from the worker
   or its trial processes; 3 when the API was unreachable for the connect deadline, 4 when it
   refused the token, 1 when its answers name no trial this worker can read (another protocol).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -50,6 +54,9 @@ from pydantic import ValidationError
 from hpsearch.datasets import DatasetSpec
 from hpsearch.errors import InvalidSpecError
 from hpsearch.protocol import (
+    DEFAULT_STOP_GRACE_SECONDS,
+    MAX_REASON_CHARS,
+    RELEASE_SECONDS,
     AskRequest,
     Assignment,
     EpochReport,
@@ -69,9 +76,8 @@ log = logging.getLogger(__name__)
 _RETRYABLE_STATUS = {502, 503, 504}
 # A dataset download: a slow start is an API under load; a stall mid-way is a cut connection.
 _DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
-DEFAULT_STOP_GRACE_SECONDS = 5.0
-# A stop's release: how long it may wait for the API in all, and for one answer.
-_RELEASE_SECONDS, _HURRIED_TIMEOUT = 3.0, 2.0
+# A stop's release waits RELEASE_SECONDS for the API in all; a hurried call, this for one answer.
+_HURRIED_TIMEOUT = 2.0
 # Two stop signals closer than this are one stop, delivered twice (to the worker and its group).
 _SAME_STOP_SECONDS = 1.0
 # The longest single wait on anything the API says (Retry-After, heartbeat interval).
@@ -109,24 +115,27 @@ class TokenRefusedError(LeaseLostError):
     exits."""
 
     def __init__(self, response: httpx.Response) -> None:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
         super().__init__(
-            f"the API refused this worker's token (HTTP {response.status_code}: {detail}); "
+            f"the API refused this worker's token ({_detail(response)}); "
             "give the worker a worker token with --token or HPSEARCH_TOKEN "
             "(made by `hpsearch token create --kind worker NAME` where the API runs)"
         )
 
 
+def _detail_of(response: httpx.Response) -> str:
+    """What an API refusal says: its JSON ``detail``, else its text (a proxy's HTML page, a
+    JSON list or string), at most 500 characters; never raises."""
+    try:
+        body = response.json()
+    except ValueError:  # not JSON (JSONDecodeError), or not text (UnicodeDecodeError)
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(response.text if detail is None else detail)[:500]
+
+
 def _detail(response: httpx.Response) -> str:
     """An API refusal in one line: its status and detail."""
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    return f"HTTP {response.status_code}: {str(detail)[:500]}"
+    return f"HTTP {response.status_code}: {_detail_of(response)}"
 
 
 def default_worker_id() -> str:
@@ -205,8 +214,7 @@ class ApiClient:
                         if response.status_code == 404:
                             response.read()
                             raise DatasetFetchError(
-                                "the service no longer has it: "
-                                + str(response.json().get("detail", response.text))
+                                f"the service no longer has it: {_detail_of(response)}"
                             )
                         response.raise_for_status()
                         try:
@@ -225,7 +233,7 @@ class ApiClient:
     @staticmethod
     def _checked(response: httpx.Response) -> dict[str, Any]:
         if response.status_code in (404, 409):
-            raise LeaseLostError(response.json().get("detail", response.text))
+            raise LeaseLostError(_detail_of(response))
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
@@ -265,13 +273,13 @@ class ApiClient:
         return self._checked(response)
 
     def release(self, trial_id: int, body: ReleaseRequest, hurried: bool) -> ReleaseAnswer:
-        """Hand a trial back. ``hurried`` (the worker is stopping): within about 3 s, or
+        """Hand a trial back. ``hurried`` (the worker is stopping): within 2.5 s, or
         ``ApiUnreachableError``; otherwise retried like a result."""
         response = self._post(
             f"/api/v1/trials/{trial_id}/release",
             body.model_dump(),
             give_up=(lambda: False) if hurried else None,
-            deadline=_RELEASE_SECONDS if hurried else None,
+            deadline=RELEASE_SECONDS if hurried else None,
         )
         return ReleaseAnswer.model_validate(self._checked(response))
 
@@ -428,29 +436,54 @@ class Worker:
         self._max_trials = max_trials
         self._stop_grace = stop_grace_seconds
         self._first_stop: tuple[float, str] | None = None  # when, and which signal
+        # Stop requests (signal, when), from the signal handler to the stop-grace thread.
+        self._requests: queue.SimpleQueue[tuple[int | None, float]] = queue.SimpleQueue()
         self._idle = threading.Event()  # set while no trial is in hand
         self._idle.set()
         self.trials_done = 0
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         """Ask for no more trials; the current one has the stop grace to finish. A second
-        request (1 s or more after the first) hands the current trial back at once."""
-        what = signal.Signals(signum).name if signum else "a stop request"
-        now = time.monotonic()
-        if self._first_stop is None:
-            self._first_stop = (now, what)
-            self._stopping.set()
-            log.info(
-                "stop requested: no more trials; the current one may finish",
-                extra={"worker": self.worker_id, "signal": what, "grace_s": self._stop_grace},
-            )
-            threading.Thread(target=self._grace, daemon=True, name="stop-grace").start()
-        elif now - self._first_stop[0] >= _SAME_STOP_SECONDS:
-            self._hand_back_now(f"a second {what}")
+        request (1 s or more after the first: two closer are one stop, delivered to the worker
+        and to its group), or SIGUSR1 at any time, hands the current trial back at once.
+
+        The signal handler: it only queues the request (``SimpleQueue.put`` is safe in a signal
+        handler; a lock, a thread start or I/O could deadlock with the code it interrupts). The
+        stop-grace thread, started before the handlers, does the rest."""
+        self._requests.put((signum, time.monotonic()))
 
     def _grace(self) -> None:
-        if not self._idle.wait(self._stop_grace):
-            self._hand_back_now(f"its {self._stop_grace:g} s stop grace ran out")
+        """The stop-grace thread: takes the first stop request, then waits for the trial in
+        hand to finish within the grace; hands it back when the grace runs out or a later
+        request says now."""
+        signum, asked_at = self._requests.get()
+        what = signal.Signals(signum).name if signum else "a stop request"
+        self._first_stop = (asked_at, what)
+        self._stopping.set()
+        log.info(
+            "stop requested: no more trials; the current one may finish",
+            extra={"worker": self.worker_id, "signal": what, "grace_s": self._stop_grace},
+        )
+        if signum == signal.SIGUSR1:
+            self._hand_back_now(what)
+            return
+        deadline = asked_at + self._stop_grace
+        while not self._idle.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._hand_back_now(f"its {self._stop_grace:g} s stop grace ran out")
+                return
+            try:
+                later, at = self._requests.get(timeout=min(left, 0.05))
+            except queue.Empty:
+                continue
+            name = signal.Signals(later).name if later else "a stop request"
+            if later == signal.SIGUSR1:
+                self._hand_back_now(name)
+                return
+            if at - asked_at >= _SAME_STOP_SECONDS:
+                self._hand_back_now(f"a second {name}")
+                return
 
     def _hand_back_now(self, why: str) -> None:
         if self._hurry.is_set():
@@ -464,8 +497,9 @@ class Worker:
 
     def run(self) -> int:
         """Ask, train, report, tell, until stopped; returns the exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        threading.Thread(target=self._grace, daemon=True, name="stop-grace").start()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, self.request_stop)
         log.info("worker started", extra={"worker": self.worker_id, "api": self._client.api_url})
         try:
             self._executor.start()
@@ -605,7 +639,10 @@ class Worker:
     def _release(self, a: Assignment, back: _HandBack, fields: dict[str, Any]) -> None:
         hurried = back.cause == "stopping"
         body = ReleaseRequest(
-            worker_id=self.worker_id, attempt=a.attempt, cause=back.cause, reason=back.reason[:2000]
+            worker_id=self.worker_id,
+            attempt=a.attempt,
+            cause=back.cause,
+            reason=back.reason[:MAX_REASON_CHARS],
         )
         try:
             answer = self._client.release(a.trial_id, body, hurried)

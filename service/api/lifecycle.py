@@ -9,12 +9,12 @@ finished or handed back), or after ``HPSEARCH_DRAIN_SECONDS`` (8 s), whichever c
 
 The timeline of ``hpsearch serve`` (defaults): SIGTERM at 0 s is forwarded once to each local
 worker, which stops asking and gives its trial ``HPSEARCH_WORKER_STOP_GRACE`` (5 s) to finish,
-then hands it back; a worker still running 1 s before the deadline gets a second SIGTERM (hand
-back at once, exit), and one still running at the deadline is killed. The API then closes its
+then hands it back; a worker still running 1 s before the deadline gets SIGUSR1 (hand back at
+once, exit), and one still running at the deadline is killed. The API then closes its
 connections (at most 1 s for a request in flight) and exits 0, within 9 s of the signal: under
 compose's 10 s and Kubernetes' 30 s before they send SIGKILL. (Typically 5-7 s with a trial in
-flight, under a second without.) A second SIGTERM or Ctrl-C hurries it: the workers
-hand back at once and the API exits within 2 s.
+flight, under a second without.) A second SIGTERM or Ctrl-C, however soon after the first,
+hurries it: the workers get SIGUSR1 and hand back at once, and the API exits within 2 s.
 
 ``hpsearch serve`` (what the API container runs, with ``--workers 0``) drains; an app started by
 plain ``uvicorn`` closes as uvicorn does (at once), which loses no result either: its workers
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import re
 import signal
 import threading
@@ -51,7 +52,7 @@ _TRIAL_CALL = re.compile(r"^/api/v1/trials/(\d+)/(report|heartbeat|tell|release)
 # How long the API may take to close once drained (requests in flight), and to exit once hurried.
 CLOSE_SECONDS = 1.0
 HURRY_SECONDS = 2.0
-# A worker still running this long before the deadline gets a second SIGTERM (hand back now).
+# A worker still running this long before the deadline gets SIGUSR1 (hand back now).
 _SECOND_SIGNAL_BEFORE = 1.0
 
 
@@ -108,8 +109,9 @@ class DrainGate:
             return
         path = scope["path"]
         if (call := _TRIAL_CALL.match(path)) is not None:
-            self.drain.saw_trial(int(call.group(1)))
-        elif path == _ASK:
+            await self.app(scope, receive, self._noting_trial(send, int(call.group(1))))
+            return
+        if path == _ASK:
             if self.drain.draining:
                 await self._no_work(scope, receive, send)
                 return
@@ -136,6 +138,17 @@ class DrainGate:
         )
         await send({"type": "http.response.body", "body": b""})
 
+    def _noting_trial(self, send: Send, trial_id: int) -> Send:
+        """``send``, noting ``trial_id`` once the call that names it is answered 2xx: a
+        request that authentication or the lease check refuses notes nothing."""
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                self.drain.saw_trial(trial_id)
+            await send(message)
+
+        return noting
+
     def _noting_assignment(self, send: Send) -> Send:
         """``send``, noting the trial id of the assignment an ask answers with."""
         status = 0
@@ -159,7 +172,7 @@ class LocalWorkers(Protocol):
     """What the drain needs of the process's own workers (``service.supervisor.Supervisor``)."""
 
     def stop(self, now: bool = False) -> None:
-        """Ask each to stop (SIGTERM); ``now``: a second time (hand back at once)."""
+        """Ask each to stop (SIGTERM); ``now``: to hand its trial back at once (SIGUSR1)."""
 
     def running(self) -> int:
         """How many are still running."""
@@ -180,26 +193,33 @@ class Shutdown:
         exit_server: Callable[[], None],
     ) -> None:
         self.ctx, self.drain, self.local, self._exit_server = ctx, drain, local, exit_server
-        self._hurry = threading.Event()
-        self._signals = 0
-        self.thread: threading.Thread | None = None
+        # Signals (number, when), from the handler to the drain thread: ``SimpleQueue.put`` is
+        # safe in a signal handler, where a lock or a thread start could deadlock with the code
+        # the signal interrupted; so the thread is started now and waits for the first.
+        self._signals: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._wait_and_run, daemon=True, name="drain")
+        self.thread.start()
 
     def signal(self, signum: int) -> None:
-        """The signal handler's whole work: quick, no I/O (it runs between two bytecodes of
-        the event loop's thread)."""
-        self._signals += 1
-        if self._signals == 1:
-            self.thread = threading.Thread(
-                target=self.run, args=(signum,), daemon=True, name="drain"
-            )
-            self.thread.start()
-        else:
-            self._hurry.set()
+        """The signal handler's whole work: queue the signal (no lock, no thread start, no
+        I/O: it runs between two bytecodes of the event loop's thread)."""
+        self._signals.put((signum, time.monotonic()))
 
-    def run(self, signum: int) -> None:
+    def _wait_and_run(self) -> None:
+        self.run(*self._signals.get())
+
+    def _hurried(self) -> bool:
+        """Whether a second signal came."""
+        try:
+            self._signals.get_nowait()
+        except queue.Empty:
+            return False
+        return True
+
+    def run(self, signum: int, started: float | None = None) -> None:
         """Drain: stop the local workers, answer until every trial is finished or handed back
-        (or the deadline), then let the server close."""
-        started = time.monotonic()
+        (or the deadline, counted from ``started``, the signal), then let the server close."""
+        started = time.monotonic() if started is None else started
         settings = self.ctx.settings
         deadline = started + settings.drain_seconds
         self.drain.begin()
@@ -216,7 +236,7 @@ class Shutdown:
         next_check = 0.0
         while True:
             now = time.monotonic()
-            if self._hurry.is_set() and not hurried:
+            if not hurried and self._hurried():
                 hurried = True
                 log.info("second stop signal: workers hand back their trials now")
                 deadline = min(deadline, now + HURRY_SECONDS)

@@ -1,6 +1,7 @@
 """The supervisor of `hpsearch serve`'s local workers, with stand-in worker processes (a few lines
 of Python, no training): restarts under new ids after a doubling wait, one SIGTERM per stop,
-a second only when asked, SIGKILL for what is left, and the dead workers' trials handed back."""
+SIGUSR1 (hand back now) only when asked, SIGKILL for what is left, and the dead workers' trials
+handed back."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from service.config import Settings
 from service.supervisor import Supervisor
 from tests.service.conftest import wait_for
 
-# A stand-in worker: notes its start and every SIGTERM it gets; dies at once (exit 3) unless it
-# is the third restart, which ignores SIGTERM and waits.
+# A stand-in worker: notes its start and every SIGTERM and SIGUSR1 it gets; dies at once (exit 3)
+# unless it is the third restart, which ignores both and waits.
 STAND_IN = """
 import os, signal, sys, time
 worker_id, notes = sys.argv[1], sys.argv[2]
@@ -26,6 +27,7 @@ if not worker_id.endswith(".3"):
     time.sleep(0.1)
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: note("term"))
+signal.signal(signal.SIGUSR1, lambda *_: note("now"))
 while True:
     time.sleep(0.05)
 """
@@ -71,8 +73,12 @@ def test_a_dead_worker_is_restarted_with_backoff_and_stopped_once(tmp_path: Path
         wait_for(lambda: " term " in notes.read_text(), 10, "the SIGTERM")
         time.sleep(0.3)
         assert notes.read_text().count(" term ") == 1 and supervisor.running() == 1
+        supervisor.stop(now=True)  # at once: SIGUSR1, which a worker never takes for a repeat
+        wait_for(lambda: " now " in notes.read_text(), 10, "the SIGUSR1")
         supervisor.stop(now=True)
-        wait_for(lambda: notes.read_text().count(" term ") == 2, 10, "the second SIGTERM")
+        time.sleep(0.3)
+        assert notes.read_text().count(" term ") == 1
+        assert notes.read_text().count(" now ") == 1
         supervisor.kill()
         wait_for(lambda: supervisor.running() == 0, 10, "the kill")
         wait_for(lambda: len(deaths) == 4, 10, "the killed worker's trial handed back")

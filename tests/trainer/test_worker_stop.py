@@ -197,6 +197,35 @@ def test_a_doubled_signal_counts_once_and_a_later_one_hands_the_trial_back_at_on
     api.http.delete(f"/api/v1/studies/{s['id']}")
 
 
+def test_sigusr1_hands_the_trial_back_at_once_even_right_after_a_sigterm(
+    api: Api,
+    workers: Any,  # noqa: F811
+) -> None:
+    """What serve sends when hurried, however soon after its SIGTERM: a second SIGTERM within
+    1 s counts as the first delivered twice, so serve's "now" was lost (review of issue 16)."""
+    s = create(api, "stopped-now", n_trials=1, epochs=200, **SLOW)
+    [w] = workers(api.url, 1, prefix="usr", stop_grace="60")
+    epochs_reached(api, s["id"], 1)
+    child = trial_process(w)
+    signalled = time.monotonic()
+    w.process.send_signal(signal.SIGTERM)
+    w.process.send_signal(signal.SIGUSR1)
+    assert w.process.wait(10) == 0
+    took = time.monotonic() - signalled
+    print(f"\nSIGTERM + SIGUSR1 -> exit: {took:.2f} s (grace 60 s)")
+    assert took < 4
+    assert exited(child)
+    row = trial_row(api, s["id"])
+    assert row["state"] == "running" and row["worker_id"] is None and row["attempt"] == 1
+    # Python runs the handlers of signals pending together in signal-number order: SIGUSR1 may
+    # come first.
+    assert re.match(
+        r"attempt 1: worker usr1 was stopped \((SIGTERM|SIGUSR1)\) during epoch", row["reason"]
+    )
+    assert "Traceback" not in w.log.read_text()
+    api.http.delete(f"/api/v1/studies/{s['id']}")
+
+
 def test_a_trial_process_exits_quietly_when_its_worker_is_killed(
     api: Api,
     workers: Any,  # noqa: F811
