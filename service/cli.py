@@ -273,6 +273,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"hpsearch serve: invalid settings: {exc}", file=sys.stderr)
         return 2
+    if (problem := settings.drain_problem()) is not None:
+        print(f"hpsearch serve: invalid settings: {problem}", file=sys.stderr)
+        return 2
     if args.allow_no_auth:
         settings = settings.model_copy(update={"allow_no_auth": True})
     if not settings.auth and not settings.allow_no_auth and not is_loopback(args.host):

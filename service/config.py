@@ -5,11 +5,19 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# What a stopping worker needs after its stop grace: stop its trial process, hand the trial back.
-DRAIN_MARGIN_SECONDS = 3.0
+from hpsearch.datafiles import CLASS_CEILING
+from hpsearch.protocol import (
+    DEFAULT_STOP_GRACE_SECONDS,
+    MAX_STOP_GRACE_SECONDS,
+    RELEASE_SECONDS,
+)
+
+# What a stopping worker needs after its stop grace: stop its trial process (well under a
+# second) and hand the trial back (at most RELEASE_SECONDS), with half a second to spare.
+DRAIN_MARGIN_SECONDS = RELEASE_SECONDS + 0.5
 
 
 class Settings(BaseSettings):
@@ -29,7 +37,9 @@ class Settings(BaseSettings):
     max_dataset_array_bytes: int = Field(
         4 << 30, ge=1, description="an uploaded .npz's arrays, decompressed, in memory"
     )
-    max_classes: int = Field(1_000, ge=2, description="uploaded labels lie in [0, max_classes)")
+    max_classes: int = Field(
+        1_000, ge=2, le=CLASS_CEILING, description="uploaded labels lie in [0, max_classes)"
+    )
     upload_stale_seconds: float = Field(
         900.0, gt=0, description="an unfinished upload idle this long is swept away"
     )
@@ -92,9 +102,9 @@ class Settings(BaseSettings):
         "reports before it exits (under compose's 10 s and Kubernetes' 30 s stop timeouts)",
     )
     worker_stop_grace: float = Field(
-        5.0,
+        DEFAULT_STOP_GRACE_SECONDS,
         ge=0,
-        le=3600,
+        le=MAX_STOP_GRACE_SECONDS,
         description="what a stopping worker gives its trial to finish before it hands the "
         "trial back (HPSEARCH_WORKER_STOP_GRACE, read by the workers too)",
     )
@@ -117,18 +127,19 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 
-    @model_validator(mode="after")
-    def _drain_outlasts_the_workers_grace(self) -> Settings:
-        # A worker gives its trial the stop grace, then hands it back (up to 2 s): serve must
-        # still be answering by then, or the trial waits out its lease.
+    def drain_problem(self) -> str | None:
+        """Why ``hpsearch serve`` cannot drain with these settings, or ``None``: a worker gives
+        its trial the stop grace, then hands it back, and serve must still be answering by
+        then, or the trial waits out its lease. (Checked by serve alone: no other command
+        drains.)"""
         if self.drain_seconds < self.worker_stop_grace + DRAIN_MARGIN_SECONDS:
-            raise ValueError(
+            return (
                 f"HPSEARCH_DRAIN_SECONDS ({self.drain_seconds:g}) must be at least "
                 f"HPSEARCH_WORKER_STOP_GRACE ({self.worker_stop_grace:g}) + "
                 f"{DRAIN_MARGIN_SECONDS:g} s, the time a stopping worker needs to hand its "
                 "trial back"
             )
-        return self
+        return None
 
     @property
     def artifacts(self) -> Path:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from hpsearch.params import TrainingSettings
 from hpsearch.protocol import (
+    MAX_REASON_CHARS,
     Assignment,
     EpochReport,
     Heartbeat,
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 FINISHED_TRIAL_STATES = ("complete", "pruned", "diverged", "timed_out", "failed")
 # A study whose first trials all fail (for good) is failed: its spec is broken, not unlucky.
 FAILED_STUDY_AFTER = 5
-# How much of a re-run trial's history (its attempts and how each ended) its reason keeps.
-_HISTORY_CHARS = 2000
+# How much of a re-run trial's history (its attempts and how each ended) its reason keeps: what
+# one release may say.
+_HISTORY_CHARS = MAX_REASON_CHARS
 
 
 _SPECS: OrderedDict[str, StudySpec] = OrderedDict()
@@ -355,11 +357,16 @@ def _assignment(ctx: ServiceContext, trial: Trial, study: Study) -> Assignment:
 # -- report, heartbeat ---------------------------------------------------------------------------
 
 
-def _leased_trial(s: Session, trial_id: int, worker_id: str, attempt: int) -> tuple[Trial, Study]:
+def _trial_and_study(s: Session, trial_id: int) -> tuple[Trial, Study]:
+    """The trial and its study; ``NotFoundError`` when there is no such trial."""
     trial = s.get(Trial, trial_id)
     if trial is None:
         raise NotFoundError(f"no trial with id {trial_id} (its study may have been deleted)")
-    study = s.get_one(Study, trial.study_id)
+    return trial, s.get_one(Study, trial.study_id)
+
+
+def _leased_trial(s: Session, trial_id: int, worker_id: str, attempt: int) -> tuple[Trial, Study]:
+    trial, study = _trial_and_study(s, trial_id)
     _check_lease(
         trial.state, trial.worker_id, trial.attempt, trial.number, study.name, worker_id, attempt
     )
@@ -716,22 +723,10 @@ def _earlier_release(
 ) -> tuple[Trial, Study, ReleaseAnswer | None]:
     """The trial and its study, and the answer to this same release if it was made before;
     ``NotFoundError``, or ``ConflictError`` when the lease is not the caller's."""
-    trial = s.get(Trial, trial_id)
-    if trial is None:
-        raise NotFoundError(f"no trial with id {trial_id} (its study may have been deleted)")
-    study = s.get_one(Study, trial.study_id)
     earlier = s.get(TrialRelease, (trial_id, release.attempt))
     if earlier is None:
-        _check_lease(
-            trial.state,
-            trial.worker_id,
-            trial.attempt,
-            trial.number,
-            study.name,
-            release.worker_id,
-            release.attempt,
-        )
-        return trial, study, None
+        return (*_leased_trial(s, trial_id, release.worker_id, release.attempt), None)
+    trial, study = _trial_and_study(s, trial_id)
     if earlier.worker_id != release.worker_id:
         raise ConflictError(
             f"trial {trial.number} of study {study.name!r} is not leased to {release.worker_id} "
