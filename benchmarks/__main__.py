@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "large_study": [],
     "worker_memory": ["--no-recycle"],
     "dashboard_load": [],
+    "crowd": [],
 }
 
 
