@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "worker_memory": ["--no-recycle"],
     "dashboard_load": [],
     "crowd": [],
+    "upload_memory": [],
 }
 
 

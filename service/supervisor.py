@@ -37,6 +37,9 @@ _LAUNCHER = """\
 import ctypes, os, signal, sys
 if sys.platform.startswith("linux"):
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# A background group of serve's session: a write to a terminal set to `stty tostop` must not
+# stop the worker (ignored signals stay ignored across exec).
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 if os.getppid() != int(sys.argv[1]):  # serve died before the prctl took effect
     sys.exit(0)
 os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
@@ -187,7 +190,11 @@ class Supervisor:
         with self._lock:
             if self._stopping.is_set():
                 return
-            slot.process = subprocess.Popen(argv, env=env, start_new_session=True)
+            # A process group of its own, so that a signal to serve's group reaches serve
+            # alone; serve's session, not a new one: with autogroup scheduling each session
+            # gets an equal share of the CPU, which would undo the user lane's lower priority
+            # (a crowd of dashboard readers then halves training; benchmark 8, `crowd --serve`).
+            slot.process = subprocess.Popen(argv, env=env, process_group=0)
             slot.worker_id, slot.started_at, slot.signalled = worker_id, time.monotonic(), 0
         log.info(
             "local worker started",

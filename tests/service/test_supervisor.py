@@ -21,7 +21,8 @@ import os, signal, sys, time
 worker_id, notes = sys.argv[1], sys.argv[2]
 def note(what):
     with open(notes, "a") as f:
-        f.write(f"{worker_id} {what} {time.monotonic()} {os.getpid()} {os.getsid(0)}\\n")
+        ids = f"{os.getpid()} {os.getpgid(0)} {os.getsid(0)}"
+        f.write(f"{worker_id} {what} {time.monotonic()} {ids}\\n")
 note("start")
 if not worker_id.endswith(".3"):
     time.sleep(0.1)
@@ -59,7 +60,10 @@ def test_a_dead_worker_is_restarted_with_backoff_and_stopped_once(tmp_path: Path
         # Each ran 0.1 s, then waited 0.2, 0.4, 0.8 s (doubling to the maximum).
         for gap, wait in zip(gaps, (0.2, 0.4, 0.8), strict=True):
             assert wait + 0.1 <= gap < wait + 1.5, gaps
-        assert all(s[3] == s[4] for s in starts)  # each in a session of its own
+        # Each in a process group of its own (a signal to serve's group misses it), in serve's
+        # session (autogroup would otherwise give it a CPU share of its own).
+        assert all(s[3] == s[4] != str(os.getpgid(0)) for s in starts), starts
+        assert all(s[5] == str(os.getsid(0)) for s in starts), starts
         wait_for(lambda: len(deaths) == 3, 10, "the deaths to be handed back")
         assert sorted(deaths) == [
             ("box-1-abcdef-local-1", 3, False),
