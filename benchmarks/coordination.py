@@ -42,9 +42,9 @@ class _TimedClient(ApiClient):
         super().__init__(api_url, None, connect_deadline_seconds=60)
         self._latencies = latencies
 
-    def _post(self, path: str, body: dict[str, Any], abort_on_stop: bool = False) -> Any:
+    def _post(self, path: str, body: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        response = super()._post(path, body, abort_on_stop)
+        response = super()._post(path, body, *args, **kwargs)
         kind = path.rsplit("/", 1)[-1]
         self._latencies.setdefault(kind, []).append(time.perf_counter() - started)
         return response
