@@ -1,9 +1,9 @@
 """5. Coordination capacity: fake workers that skip training against the service on PostgreSQL.
 
-Each fake worker speaks the real worker protocol with the real client (``trainer.worker``'s
-``ApiClient``): ask, then per epoch sleep and report (5 epochs, 0.2 s in all), then tell. The
-study uses the default median pruner, so every report pays for a pruning decision; every trial
-reports the same curve, so none is pruned and the work is fixed. Ideal wall time is
+Each fake worker speaks the real worker protocol with the worker's own client
+(``hpsearch.client.Client``): ask, then per epoch sleep and report (5 epochs, 0.2 s in all), then
+tell. The study uses the default median pruner, so every report pays for a pruning decision;
+every trial reports the same curve, so none is pruned and the work is fixed. Ideal wall time is
 trials x 0.2 s / workers; the table gives the overhead over it, the request rate and latencies.
 """
 
@@ -27,19 +27,19 @@ from benchmarks.harness import (
     postgres_pids,
     print_table,
 )
+from hpsearch.client import Client
 from hpsearch.protocol import AskRequest, EpochReport, TellRequest
 from hpsearch.results import EpochMetrics, TrialResult, TrialState
-from trainer.worker import ApiClient
 
 TRIAL_SECONDS = 0.2
 EPOCHS = 5
 
 
-class _TimedClient(ApiClient):
-    """The worker's own client, timing every request."""
+class _TimedClient(Client):
+    """The worker's client (hpsearch.client), timing every request."""
 
     def __init__(self, api_url: str, latencies: dict[str, list[float]]) -> None:
-        super().__init__(api_url, None, connect_deadline_seconds=60)
+        super().__init__(api_url, connect_deadline=60)
         self._latencies = latencies
 
     def _post(self, path: str, body: dict[str, Any], *args: Any, **kwargs: Any) -> Any:

@@ -22,12 +22,12 @@ from sqlalchemy import update
 
 from benchmarks.dashboard_load import seed
 from benchmarks.harness import Row, Service, database, log, median, percentile, print_table
+from hpsearch.client import Client
 from hpsearch.protocol import AskRequest, EpochReport, TellRequest
 from hpsearch.results import EpochMetrics, TrialResult, TrialState
 from service.config import Settings
 from service.context import ServiceContext
 from service.db.models import Study
-from trainer.worker import ApiClient
 
 SMALL = 100
 METRICS = {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.5, "val_accuracy": 0.8}
@@ -47,7 +47,7 @@ def _seed_stopped(url: str, n: int, budget_left: int) -> int:
     return study_id
 
 
-def _cycle(client: ApiClient, worker_id: str) -> float:
+def _cycle(client: Client, worker_id: str) -> float:
     """ask + 5 reports + tell, as a worker does them; returns the seconds spent in requests."""
     started = time.perf_counter()
     assignment, _ = client.ask(AskRequest(worker_id=worker_id, hostname="bench"))
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                         1000 * percentile(times[large], q),
                         1000 * percentile(times[small], q),
                     )
-            client = ApiClient(api.url, None, connect_deadline_seconds=60)
+            client = Client(api.url, connect_deadline=60)
             cycles: dict[int, list[float]] = {large: [], small: []}
             for i in range(args.cycles + 1):
                 for study in (small, large) if i % 2 == 0 else (large, small):

@@ -3,18 +3,24 @@ installed (the API image has no trainer, a worker image no service) is simply ab
 
 This launcher is the one module besides the tests that knows both halves; it imports neither
 beyond their ``cli`` modules, which defer heavy imports (TensorFlow, FastAPI) to the command run.
+The ``study`` and ``dataset`` commands are the client's (``hpsearch.commands``): always there.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
+from hpsearch import commands
+
+# Each half: the package that tells it is installed (a wheel carries every package, but only the
+# half's extra brings its frameworks), and its commands.
 _HALVES = {
-    "trainer": "trial, worker",
-    "service": "serve, migrate, study, dataset, dashboard",
+    "trainer": ("tensorflow", "trial, worker"),
+    "service": ("sqlalchemy", "serve, migrate, token, dashboard"),
 }
 
 
@@ -25,16 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.register(subparsers)  # study, dataset: the client's, always there
     missing = []
-    for half, commands in _HALVES.items():
-        try:
-            module = importlib.import_module(f"{half}.cli")
-        except ModuleNotFoundError as exc:
-            if exc.name != half:  # a broken install, not an absent half: say so
-                raise
-            missing.append(f"{commands} (pip install 'hpsearch[{half}]')")
+    for half, (framework, names) in _HALVES.items():
+        if importlib.util.find_spec(framework) is None:
+            missing.append(f"{names} (pip install 'hpsearch[{half}]')")
             continue
-        module.register(subparsers)
+        importlib.import_module(f"{half}.cli").register(subparsers)
     if missing:
         parser.epilog = "Not installed here: " + "; ".join(missing)
     return parser

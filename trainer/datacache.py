@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hpsearch.client import ContentGoneError
 from hpsearch.protocol import DatasetFile
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ _READ_CHUNK = 1 << 20
 # Whole downloads retried after a truncated or corrupt transfer.
 _DOWNLOAD_ATTEMPTS = 3
 
-# ``fetch(content_path)`` yields the bytes of a dataset's content (``ApiClient.stream``).
+# ``fetch(content_path)`` yields the bytes of a dataset's content (``Client.stream``).
 Fetch = Callable[[str], Iterator[bytes]]
 
 
@@ -141,6 +142,8 @@ class DatasetCache:
                 )
             except DatasetFetchError:
                 raise
+            except ContentGoneError as exc:  # a 404: deleted meanwhile, no use trying again
+                raise DatasetFetchError(exc.message) from exc
             except OSError as exc:  # a full disk, or a transfer cut short (httpx errors)
                 problem = f"{type(exc).__name__}: {exc}"
             finally:

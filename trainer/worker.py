@@ -43,28 +43,32 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import ValidationError
 
+from hpsearch.client import (
+    ApiUnreachableError,
+    Client,
+    LeaseLostError,
+    StopRequestedError,
+    TokenRefusedError,
+    UnrunnableAssignmentError,
+    describe_refusal,
+)
 from hpsearch.datasets import DatasetSpec
 from hpsearch.errors import InvalidSpecError
 from hpsearch.protocol import (
     DEFAULT_STOP_GRACE_SECONDS,
     MAX_REASON_CHARS,
-    RELEASE_SECONDS,
     AskRequest,
     Assignment,
     EpochReport,
     Heartbeat,
-    HeartbeatAnswer,
-    ReleaseAnswer,
     ReleaseRequest,
-    ReportAnswer,
     TellRequest,
 )
 from hpsearch.results import TrialResult, TrialState
@@ -73,69 +77,10 @@ from trainer.executor import TrialAbortedError, TrialExecutor, TrialProcessDiedE
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_STATUS = {502, 503, 504}
-# A dataset download: a slow start is an API under load; a stall mid-way is a cut connection.
-_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
-# A stop's release waits RELEASE_SECONDS for the API in all; a hurried call, this for one answer.
-_HURRIED_TIMEOUT = 2.0
 # Two stop signals closer than this are one stop, delivered twice (to the worker and its group).
 _SAME_STOP_SECONDS = 1.0
 # The longest single wait on anything the API says (Retry-After, heartbeat interval).
 _LONGEST_WAIT_SECONDS = 60.0
-
-
-class ApiUnreachableError(RuntimeError):
-    """The API did not answer within the connect deadline."""
-
-
-class StopRequestedError(RuntimeError):
-    """Raised instead of waiting any longer for the API once the worker is asked to stop."""
-
-
-class UnrunnableAssignmentError(RuntimeError):
-    """An assignment this worker cannot take as it is (from an API of another version, say):
-    its trial is told ``failed`` with the reason, and the worker asks for the next."""
-
-    def __init__(self, answer: Any, error: ValidationError) -> None:
-        raw = answer if isinstance(answer, dict) else {}
-        self.trial_id, self.attempt = raw.get("trial_id"), raw.get("attempt")
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        super().__init__(f"failed: this worker cannot run the trial it was given: {problems}")
-
-
-class LeaseLostError(RuntimeError):
-    """The service no longer leases this trial to us (404 or 409): drop it."""
-
-
-class TokenRefusedError(LeaseLostError):
-    """401 or 403: the API refuses this worker's token (missing, revoked, or a user token). A
-    trial in hand is dropped (its lease runs out and another worker re-runs it); the worker
-    exits."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(
-            f"the API refused this worker's token ({_detail(response)}); "
-            "give the worker a worker token with --token or HPSEARCH_TOKEN "
-            "(made by `hpsearch token create --kind worker NAME` where the API runs)"
-        )
-
-
-def _detail_of(response: httpx.Response) -> str:
-    """What an API refusal says: its JSON ``detail``, else its text (a proxy's HTML page, a
-    JSON list or string), at most 500 characters; never raises."""
-    try:
-        body = response.json()
-    except ValueError:  # not JSON (JSONDecodeError), or not text (UnicodeDecodeError)
-        body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return str(response.text if detail is None else detail)[:500]
-
-
-def _detail(response: httpx.Response) -> str:
-    """An API refusal in one line: its status and detail."""
-    return f"HTTP {response.status_code}: {_detail_of(response)}"
 
 
 def default_worker_id() -> str:
@@ -144,196 +89,10 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class ApiClient:
-    """The worker protocol over HTTP/JSON, with retries through API restarts.
-
-    ``stopping``: the worker was asked to stop (``ask`` gives up). ``hurry``: the stop grace is
-    over (every call gives up instead of retrying, and waits at most 2 s for an answer)."""
-
-    def __init__(
-        self,
-        api_url: str,
-        token: str | None,
-        connect_deadline_seconds: float,
-        stopping: threading.Event | None = None,
-        hurry: threading.Event | None = None,
-    ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30.0)
-        self.deadline = connect_deadline_seconds
-        self.stopping = stopping or threading.Event()
-        self.hurry = hurry or threading.Event()
-        self.api_url = api_url
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _post(
-        self,
-        path: str,
-        body: dict[str, Any],
-        give_up: Callable[[], bool] | None = None,
-        deadline: float | None = None,
-    ) -> httpx.Response:
-        """POST, retrying through connection errors and 502-504 until the deadline (the
-        client's, unless given); ``StopRequestedError`` as soon as ``give_up()`` (default: the
-        grace is over)."""
-        give_up = give_up or self.hurry.is_set
-        retry = _Retry(self, deadline)
-        while True:
-            timeout: float | httpx.Timeout = self._http.timeout
-            if deadline is not None:  # no answer may take longer than what is left
-                timeout = min(max(retry.left(), 0.1), _HURRIED_TIMEOUT)
-            elif self.hurry.is_set():
-                timeout = _HURRIED_TIMEOUT
-            try:
-                response = self._http.post(path, json=body, timeout=timeout)
-                if response.status_code in (401, 403):
-                    raise TokenRefusedError(response)
-                if response.status_code not in _RETRYABLE_STATUS:
-                    retry.answered()
-                    return response
-                problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            retry.wait(problem, give_up)
-
-    def stream(self, path: str) -> Iterator[bytes]:
-        """GET ``path``'s body in 1 MiB chunks, retrying (like ``_post``) until it starts; a
-        transfer cut short raises ``ConnectionError``, a 404 ``DatasetFetchError``, the end of
-        the stop grace ``StopRequestedError``."""
-        retry = _Retry(self)
-        while True:
-            try:
-                with self._http.stream("GET", path, timeout=_DOWNLOAD_TIMEOUT) as response:
-                    if response.status_code in (401, 403):
-                        response.read()
-                        raise TokenRefusedError(response)
-                    if response.status_code not in _RETRYABLE_STATUS:
-                        retry.answered()
-                        if response.status_code == 404:
-                            response.read()
-                            raise DatasetFetchError(
-                                f"the service no longer has it: {_detail_of(response)}"
-                            )
-                        response.raise_for_status()
-                        try:
-                            for chunk in response.iter_bytes(1 << 20):
-                                if self.hurry.is_set():
-                                    raise StopRequestedError("stopped during a download")
-                                yield chunk
-                        except httpx.TransportError as exc:
-                            raise ConnectionError(f"transfer cut short: {exc}") from exc
-                        return
-                    problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            retry.wait(problem, self.hurry.is_set)
-
-    @staticmethod
-    def _checked(response: httpx.Response) -> dict[str, Any]:
-        if response.status_code in (404, 409):
-            raise LeaseLostError(_detail_of(response))
-        response.raise_for_status()
-        data: dict[str, Any] = response.json()
-        return data
-
-    def ask(self, request: AskRequest) -> tuple[Assignment | None, float]:
-        """A trial, or ``None`` and how long to wait before asking again."""
-        response = self._post(
-            "/api/v1/workers/ask",
-            request.model_dump(),
-            give_up=lambda: self.stopping.is_set() or self.hurry.is_set(),
-        )
-        if response.status_code == 204:
-            try:
-                wait = float(response.headers.get("Retry-After", "1"))
-            except ValueError:
-                wait = 1.0
-            return None, min(max(wait, 0.0), _LONGEST_WAIT_SECONDS)
-        response.raise_for_status()
-        answer = response.json()
-        try:
-            return Assignment.model_validate(answer), 0.0
-        except ValidationError as exc:
-            raise UnrunnableAssignmentError(answer, exc) from None
-
-    def report(self, trial_id: int, body: EpochReport) -> ReportAnswer:
-        response = self._post(f"/api/v1/trials/{trial_id}/report", body.model_dump())
-        return ReportAnswer.model_validate(self._checked(response))
-
-    def heartbeat(
-        self, trial_id: int, body: Heartbeat, give_up: Callable[[], bool]
-    ) -> HeartbeatAnswer:
-        response = self._post(f"/api/v1/trials/{trial_id}/heartbeat", body.model_dump(), give_up)
-        return HeartbeatAnswer.model_validate(self._checked(response))
-
-    def tell(self, trial_id: int, body: TellRequest) -> dict[str, Any]:
-        response = self._post(f"/api/v1/trials/{trial_id}/tell", body.model_dump(mode="json"))
-        return self._checked(response)
-
-    def release(self, trial_id: int, body: ReleaseRequest, hurried: bool) -> ReleaseAnswer:
-        """Hand a trial back. ``hurried`` (the worker is stopping): within 2.5 s, or
-        ``ApiUnreachableError``; otherwise retried like a result."""
-        response = self._post(
-            f"/api/v1/trials/{trial_id}/release",
-            body.model_dump(),
-            give_up=(lambda: False) if hurried else None,
-            deadline=RELEASE_SECONDS if hurried else None,
-        )
-        return ReleaseAnswer.model_validate(self._checked(response))
-
-
-class _Retry:
-    """The wait between two tries of one request: backoff to 2 s, a warning now and then, and
-    ``ApiUnreachableError`` once the deadline (the client's unless given) has passed without an
-    answer."""
-
-    def __init__(self, client: ApiClient, deadline: float | None = None) -> None:
-        self._client = client
-        self._deadline = client.deadline if deadline is None else deadline
-        self._started, self._delay, self._warned = time.monotonic(), 0.2, False
-
-    def left(self) -> float:
-        """Seconds left before the deadline."""
-        return self._deadline - (time.monotonic() - self._started)
-
-    def answered(self) -> None:
-        if self._warned:
-            log.info("the API answers again", extra={"api": self._client.api_url})
-
-    def wait(self, problem: str, give_up: Callable[[], bool]) -> None:
-        """Sleep before the next try; ``StopRequestedError`` as soon as ``give_up()``."""
-        waited = time.monotonic() - self._started
-        if give_up():
-            raise StopRequestedError(problem)
-        if waited + self._delay > self._deadline:
-            raise ApiUnreachableError(
-                f"no answer from the API at {self._client.api_url} for {waited:.0f} s "
-                f"(last: {problem}); giving up"
-            )
-        if not self._warned or (waited > 10 and int(waited) % 10 == 0):
-            log.warning(
-                "waiting for the API",
-                extra={
-                    "api": self._client.api_url,
-                    "problem": problem,
-                    "waited_s": round(waited, 1),
-                },
-            )
-            self._warned = True
-        until = time.monotonic() + self._delay
-        while (left := until - time.monotonic()) > 0:
-            if give_up():
-                raise StopRequestedError(problem)
-            time.sleep(min(left, 0.05))
-        self._delay = min(self._delay * 2, 2.0)
-
-
 class _TrialSession:
     """One assigned trial on the worker's side: reports epochs, heartbeats, notes a lost lease."""
 
-    def __init__(self, client: ApiClient, worker_id: str, assignment: Assignment) -> None:
+    def __init__(self, client: Client, worker_id: str, assignment: Assignment) -> None:
         self._client, self._worker_id, self.assignment = client, worker_id, assignment
         self.stop_requested = threading.Event()
         self.lease_lost: str | None = None
@@ -428,8 +187,12 @@ class Worker:
     ) -> None:
         self.worker_id = worker_id or default_worker_id()
         self._stopping, self._hurry = threading.Event(), threading.Event()
-        self._client = ApiClient(
-            api_url, token, connect_deadline_seconds, self._stopping, self._hurry
+        self._client = Client(
+            api_url,
+            token,
+            connect_deadline=connect_deadline_seconds,
+            stopping=self._stopping,
+            hurry=self._hurry,
         )
         self._executor = executor or TrialExecutor()
         self.datasets = DatasetCache(dataset_cache or default_cache_dir(), self._client.stream)
@@ -598,7 +361,7 @@ class Worker:
         except LeaseLostError as exc:
             log.warning("result not taken", extra={**fields, "detail": str(exc)})
         except httpx.HTTPStatusError as exc:
-            refused = f"failed: the service refused its result: {_detail(exc.response)}"
+            refused = f"failed: the service refused its result: {describe_refusal(exc.response)}"
             log.error("result refused", extra={**fields, "reason": refused})
             if result.state is not TrialState.FAILED or result.reason != refused:
                 self._tell(a, self._failed(a, refused), fields)
@@ -650,7 +413,7 @@ class Worker:
             log.warning("release not taken", extra={**fields, "detail": str(exc)})
             return
         except httpx.HTTPStatusError as exc:  # its lease expires: it is re-run as a lost trial
-            log.error("release refused", extra={**fields, "detail": _detail(exc.response)})
+            log.error("release refused", extra={**fields, "detail": describe_refusal(exc.response)})
             return
         except (ApiUnreachableError, StopRequestedError) as exc:
             if not hurried:

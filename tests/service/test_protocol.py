@@ -10,48 +10,58 @@ from typing import Any
 
 import httpx
 
+from hpsearch.client import Client
+from hpsearch.protocol import AskRequest, EpochReport, TellRequest
+from hpsearch.results import TrialResult, TrialState
 from tests.service.conftest import spec, wait_for
 
+# Any status: the tests judge the answers themselves.
+ANY_STATUS = range(100, 600)
 METRICS = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.5}
 
 
 class FakeWorker:
-    """Speaks the protocol like ``hpsearch worker`` does, minus the training."""
+    """Speaks the protocol like ``hpsearch worker`` does, minus the training: the protocol's own
+    request models, sent by the client the worker uses (``hpsearch.client``). Each call returns
+    the answer whatever its status, for the tests to judge; ``http`` sends raw requests (bodies
+    the models would refuse to build)."""
 
     def __init__(self, api_url: str, worker_id: str) -> None:
-        self.http = httpx.Client(base_url=api_url, timeout=30)
+        self.client = Client(api_url)
+        self.http = self.client.http
         self.id = worker_id
 
+    def _post(self, path: str, body: Any) -> httpx.Response:
+        return self.client.request(
+            "POST", path, json=body.model_dump(mode="json"), expect=ANY_STATUS
+        )
+
     def ask(self) -> dict[str, Any] | None:
-        r = self.http.post("/api/v1/workers/ask", json={"worker_id": self.id})
+        r = self._post("/api/v1/workers/ask", AskRequest(worker_id=self.id))
         assert r.status_code in (200, 204), r.text
         return r.json() if r.status_code == 200 else None
 
     def report(self, trial: dict[str, Any], epoch: int, value: float = 0.5) -> httpx.Response:
-        return self.http.post(
+        metrics = {**METRICS, "val_accuracy": value}
+        return self._post(
             f"/api/v1/trials/{trial['trial_id']}/report",
-            json={
-                "worker_id": self.id,
-                "attempt": trial["attempt"],
-                "epoch": epoch,
-                "metrics": {**METRICS, "val_accuracy": value},
-            },
+            EpochReport(worker_id=self.id, attempt=trial["attempt"], epoch=epoch, metrics=metrics),
         )
 
     def tell(
         self, trial: dict[str, Any], state: str = "complete", value: float = 0.5, epochs: int = 1
     ) -> httpx.Response:
-        result = {
-            "state": state,
-            "epochs_run": epochs,
-            "best_value": value,
-            "final_value": value,
-            "seconds": 0.1,
-            "epochs": [],
-        }
-        return self.http.post(
+        result = TrialResult(
+            state=TrialState(state),
+            epochs_run=epochs,
+            best_value=value,
+            final_value=value,
+            seconds=0.1,
+            epochs=[],
+        )
+        return self._post(
             f"/api/v1/trials/{trial['trial_id']}/tell",
-            json={"worker_id": self.id, "attempt": trial["attempt"], "result": result},
+            TellRequest(worker_id=self.id, attempt=trial["attempt"], result=result),
         )
 
 

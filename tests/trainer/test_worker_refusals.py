@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from hpsearch.client import Client, LeaseLostError, TokenRefusedError
 from hpsearch.protocol import EpochReport
-from trainer.worker import ApiClient, LeaseLostError, TokenRefusedError
 
 HTML = "<html><body><h1>404 Not Found</h1>nginx</body></html>"
 # path -> (status, content type, body)
@@ -41,16 +41,16 @@ class Proxy(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[ApiClient]:
+def client() -> Iterator[Client]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = ApiClient(f"http://127.0.0.1:{server.server_address[1]}", "t", 5.0)
+    api = Client(f"http://127.0.0.1:{server.server_address[1]}", "t", connect_deadline=5.0)
     yield api
     api.close()
     server.shutdown()
 
 
-def report(client: ApiClient, trial_id: int) -> None:
+def report(client: Client, trial_id: int) -> None:
     client.report(trial_id, EpochReport(worker_id="w", attempt=1, epoch=1, metrics={"loss": 1.0}))
 
 
@@ -65,7 +65,7 @@ def report(client: ApiClient, trial_id: int) -> None:
     ],
 )
 def test_a_refusal_that_is_not_the_apis_json_says_what_came_back(
-    client: ApiClient, trial_id: int, error: type[Exception], says: str
+    client: Client, trial_id: int, error: type[Exception], says: str
 ) -> None:
     with pytest.raises(error) as info:
         report(client, trial_id)
