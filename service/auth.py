@@ -12,13 +12,13 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
 
 from service.context import ServiceContext
-from service.db.models import ApiToken, utcnow
+from service.db.models import ApiToken
 from service.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _row(t: ApiToken) -> dict[str, Any]:
-    now = utcnow()
+def _row(t: ApiToken, now: datetime) -> dict[str, Any]:
     if t.revoked_at is not None:
         status = "revoked"
     elif t.expires_at is not None and t.expires_at <= now:
@@ -86,13 +85,13 @@ def create_token(
         kind=kind,
         token_hash=digest(secret),
         hint=secret[:9],
-        created_at=utcnow(),
-        expires_at=utcnow() + expires_in if expires_in else None,
+        created_at=ctx.clock.now(),
+        expires_at=ctx.clock.now() + expires_in if expires_in else None,
     )
     with ctx.sessions.begin() as session:
         session.add(token)
         session.flush()
-        row = _row(token)
+        row = _row(token, ctx.clock.now())
     log.info("token created", extra={"token": token.id, "token_name": name, "kind": kind})
     return row, secret
 
@@ -101,7 +100,7 @@ def list_tokens(ctx: ServiceContext) -> list[dict[str, Any]]:
     """Every token, revoked and expired ones too, oldest first."""
     with ctx.sessions() as session:
         tokens = session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))
-        return [_row(t) for t in tokens]
+        return [_row(t, ctx.clock.now()) for t in tokens]
 
 
 def revoke_token(ctx: ServiceContext, id_or_name: str) -> list[dict[str, Any]]:
@@ -119,8 +118,8 @@ def revoke_token(ctx: ServiceContext, id_or_name: str) -> list[dict[str, Any]]:
         if not tokens:
             raise NotFoundError(f"no active token with id or name {id_or_name!r}")
         for t in tokens:
-            t.revoked_at = utcnow()
-        rows = [_row(t) for t in tokens]
+            t.revoked_at = ctx.clock.now()
+        rows = [_row(t, ctx.clock.now()) for t in tokens]
     for r in rows:
         log.info("token revoked", extra={"token": r["id"], "token_name": r["name"]})
     return rows
@@ -129,7 +128,7 @@ def revoke_token(ctx: ServiceContext, id_or_name: str) -> list[dict[str, Any]]:
 def authenticate(ctx: ServiceContext, token: str) -> Principal | None:
     """The active token ``token`` is, or ``None`` (unknown, revoked or expired)."""
     hashed = digest(token)
-    now = utcnow()
+    now = ctx.clock.now()
     with ctx.sessions() as session:
         t = session.scalars(select(ApiToken).where(ApiToken.token_hash == hashed)).one_or_none()
         if t is None or t.revoked_at is not None:
@@ -188,7 +187,7 @@ def revoke_idle_tokens(
 ) -> list[dict[str, Any]]:
     """Revoke the active ``kind`` tokens whose name starts with ``name_prefix`` and that were
     last used (or, never used, created) more than ``idle`` ago; the revoked rows."""
-    cutoff = utcnow() - idle
+    cutoff = ctx.clock.now() - idle
     with ctx.sessions.begin() as session:
         tokens = list(
             session.scalars(
@@ -201,8 +200,8 @@ def revoke_idle_tokens(
             )
         )
         for t in tokens:
-            t.revoked_at = utcnow()
-        rows = [_row(t) for t in tokens]
+            t.revoked_at = ctx.clock.now()
+        rows = [_row(t, ctx.clock.now()) for t in tokens]
     for r in rows:
         log.info(
             "idle token revoked",
@@ -218,7 +217,7 @@ def is_active(ctx: ServiceContext, token_id: str) -> bool:
         return (
             t is not None
             and t.revoked_at is None
-            and (t.expires_at is None or t.expires_at > utcnow())
+            and (t.expires_at is None or t.expires_at > ctx.clock.now())
         )
 
 

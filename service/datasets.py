@@ -16,8 +16,8 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from hpsearch.datafiles import Fields, FileFormat, check_file, file_format
 from hpsearch.protocol import DatasetFile
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Dataset, Study, Trial, utcnow
+from service.db.models import ACTIVE, Dataset, Study, Trial
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.uploads import Upload
@@ -168,7 +168,7 @@ def _add_row(
                     label_column=label_column,
                     size_bytes=upload.size,
                     summary=summary,
-                    created_at=utcnow(),
+                    created_at=ctx.clock.now(),
                 )
             )
             return True
@@ -318,7 +318,7 @@ def content(
     """
     with unit_of_work(ctx.sessions) as s:
         d = s.get(Dataset, ident)
-        if worker is not None and (d is None or not _leased(s, ident)):
+        if worker is not None and (d is None or not _leased(s, ident, ctx.clock.now())):
             log.warning(
                 "dataset refused to a worker token: no leased trial trains on it",
                 extra={"dataset": ident, "token_name": worker},
@@ -343,7 +343,7 @@ def content(
         return path, _public(d)
 
 
-def _leased(s: Session, ident: str) -> bool:
+def _leased(s: Session, ident: str, now: datetime) -> bool:
     """Whether a running trial with a live lease trains on dataset ``ident``."""
     leased = (
         select(Trial.id)
@@ -352,7 +352,7 @@ def _leased(s: Session, ident: str) -> bool:
             Study.dataset_id == ident,
             Trial.state == "running",
             Trial.worker_id.is_not(None),
-            Trial.lease_expires_at > utcnow(),
+            Trial.lease_expires_at > now,
         )
         .limit(1)
     )
@@ -405,7 +405,8 @@ def exists(ctx: ServiceContext, ident: str) -> bool:
 def sweep(ctx: ServiceContext) -> None:
     """Delete what crashes left behind: uploads idle past ``upload_stale_seconds``, and stored
     files that no dataset names (a crash between the rename and the row) after the same delay."""
-    stale = time.time() - ctx.settings.upload_stale_seconds
+    now = ctx.clock.now().replace(tzinfo=UTC).timestamp()  # file times are POSIX seconds
+    stale = now - ctx.settings.upload_stale_seconds
     incoming = incoming_dir(ctx)
     if incoming.is_dir():
         for path in incoming.iterdir():

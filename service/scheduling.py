@@ -33,7 +33,7 @@ from hpsearch.protocol import (
 from hpsearch.results import METRIC_NAMES
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Study, Trial, TrialEpoch, TrialRelease, Worker, utcnow
+from service.db.models import ACTIVE, Study, Trial, TrialEpoch, TrialRelease, Worker
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.spec import StudySpec
@@ -93,11 +93,16 @@ def next_seq(session: Session, study_id: int) -> int:
 # -- ask -----------------------------------------------------------------------------------------
 
 
+def _lease_expiry(ctx: ServiceContext, now: datetime | None = None) -> datetime:
+    """When a lease taken or renewed now runs out."""
+    return (now or ctx.clock.now()) + timedelta(seconds=ctx.settings.lease_seconds)
+
+
 def assign(ctx: ServiceContext, worker_id: str, hostname: str | None) -> Assignment | None:
     """The trial this worker should train: its current one, else a lost one to re-run, else a
     new one from the study with the fewest running trials. ``None`` when there is no work."""
-    now = utcnow()
-    lease_until = now + timedelta(seconds=ctx.settings.lease_seconds)
+    now = ctx.clock.now()
+    lease_until = _lease_expiry(ctx, now)
     with unit_of_work(ctx.sessions) as s:
         _touch_worker(s, worker_id, hostname, now)
         current = s.scalars(
@@ -461,7 +466,7 @@ def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> Re
                 )
                 .values(
                     epochs_run=report.epoch,
-                    lease_expires_at=utcnow() + timedelta(seconds=ctx.settings.lease_seconds),
+                    lease_expires_at=_lease_expiry(ctx),
                     change_seq=next_seq(s, row.study_id),
                 ),
             )
@@ -492,8 +497,10 @@ def heartbeat(ctx: ServiceContext, trial_id: int, beat: Heartbeat) -> HeartbeatA
     """Extend the trial's lease; tell the worker to stop when its study no longer runs."""
     with unit_of_work(ctx.sessions) as s:
         trial, study = _leased_trial(s, trial_id, beat.worker_id, beat.attempt)
-        trial.lease_expires_at = utcnow() + timedelta(seconds=ctx.settings.lease_seconds)
-        s.execute(update(Worker).where(Worker.id == beat.worker_id).values(last_seen=utcnow()))
+        trial.lease_expires_at = _lease_expiry(ctx)
+        s.execute(
+            update(Worker).where(Worker.id == beat.worker_id).values(last_seen=ctx.clock.now())
+        )
         return HeartbeatAnswer(
             lease_seconds=ctx.settings.lease_seconds, should_stop=study.status not in ACTIVE
         )
@@ -505,7 +512,7 @@ def heartbeat(ctx: ServiceContext, trial_id: int, beat: Heartbeat) -> HeartbeatA
 def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Trial:
     """Finish a trial with the worker's result; 409 (``ConflictError``) once it is finished."""
     result = tell.result
-    now = utcnow()
+    now = ctx.clock.now()
     with unit_of_work(ctx.sessions) as s:
         trial, study = _leased_trial(s, trial_id, tell.worker_id, tell.attempt)
         state, value, reason = result.state.value, None, result.reason
@@ -573,7 +580,7 @@ def finalize_in_optuna(
 def update_study_status(ctx: ServiceContext, study_id: int) -> None:
     """Complete a study whose budget is spent or whose deadline passed; fail one whose first
     trials all failed. Runs after every result and in the reaper (idempotent)."""
-    now = utcnow()
+    now = ctx.clock.now()
     with unit_of_work(ctx.sessions) as s:
         study = s.get(Study, study_id)
         if study is None or study.status not in ACTIVE:
@@ -631,7 +638,7 @@ def release_trial(ctx: ServiceContext, trial_id: int, release: ReleaseRequest) -
     ``failed`` with the reason. ``ConflictError`` unless the caller holds the lease; a repeated
     release changes nothing and gets the first one's answer.
     """
-    now = utcnow()
+    now = ctx.clock.now()
     try:
         with unit_of_work(ctx.sessions) as s:
             trial, study, answer = _earlier_release(s, trial_id, release)
@@ -790,7 +797,7 @@ def _adopt_orphans(ctx: ServiceContext, study_id: int, optuna_study_id: int) -> 
                         number=slot - 1,
                         params={**spec_of(study).fixed_params, **params},
                         attempt=0,
-                        lease_expires_at=utcnow(),
+                        lease_expires_at=ctx.clock.now(),
                         reason="recovered: created just before an API crash, never handed out",
                         change_seq=next_seq(s, study_id),
                     )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from service import datasets, optuna_bridge
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Study, Trial, TrialEpoch, utcnow
+from service.db.models import ACTIVE, Study, Trial, TrialEpoch
 from service.db.session import unit_of_work
 from service.errors import AlreadyExistsError, ConflictError, NotFoundError
 from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
@@ -47,7 +47,7 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
     _check_active_limit(ctx)
     if _name_taken(ctx, spec.name):
         raise AlreadyExistsError("name", f"a study named {spec.name!r} already exists")
-    uid, now = f"hpsearch-{uuid.uuid4().hex}", utcnow()
+    uid, now = f"hpsearch-{uuid.uuid4().hex}", ctx.clock.now()
     stored = spec.model_dump(mode="json", exclude_none=True)
     # At most a year ahead (the spec's maximum): never past what a datetime holds.
     deadline = now + timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None
@@ -258,7 +258,7 @@ def stop_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
         study.status, study.status_reason, study.finished_at = (
             "stopped",
             "stopped by a user",
-            utcnow(),
+            ctx.clock.now(),
         )
     log.info("study stopped", extra={"study": study.name})
     return get_study(ctx, study_id)
@@ -283,7 +283,7 @@ def resume_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
         study.status_reason, study.finished_at = None, None
         spec = spec_of(study)
         if spec.timeout_seconds:
-            study.deadline_at = utcnow() + timedelta(seconds=spec.timeout_seconds)
+            study.deadline_at = ctx.clock.now() + timedelta(seconds=spec.timeout_seconds)
     update_study_status(ctx, study_id)
     log.info("study resumed", extra={"study": study.name})
     return get_study(ctx, study_id)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from service.context import ServiceContext
-from service.db.models import Study, Trial, Worker, utcnow
+from service.db.models import Study, Trial, Worker
 
 
 def list_workers(
@@ -22,7 +22,7 @@ def list_workers(
 ) -> dict[str, Any]:
     """Workers, the most recently seen first, each with the trial it holds:
     ``{data, count, live, offset, limit}``."""
-    now = utcnow()
+    now = ctx.clock.now()
     seen_since = now - timedelta(seconds=ctx.settings.lease_seconds)
     where = [Worker.last_seen >= seen_since] if live_only else []
     with ctx.sessions() as s:
@@ -93,7 +93,7 @@ def trials_in_hand(ctx: ServiceContext, trial_ids: Collection[int]) -> list[int]
                     Trial.id.in_(list(trial_ids)),
                     Trial.state == "running",
                     Trial.worker_id.is_not(None),
-                    Trial.lease_expires_at > utcnow(),
+                    Trial.lease_expires_at > ctx.clock.now(),
                 )
             )
         )

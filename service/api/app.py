@@ -32,6 +32,7 @@ from service.api.routes import (
     workers_router,
 )
 from service.api.workers_routes import router as worker_list_router
+from service.clock import Clock
 from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
@@ -70,10 +71,10 @@ def _reaper(ctx: ServiceContext, stop: threading.Event) -> None:
             outage = None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    ctx = ServiceContext.from_settings(settings)
+    ctx = ServiceContext.from_settings(settings, clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
