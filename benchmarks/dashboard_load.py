@@ -29,13 +29,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert, select, update
 
-from service import studies
 from service.config import Settings
 from service.context import ServiceContext
 from service.db.migrate import upgrade
 from service.db.models import Study, Trial, TrialEpoch, utcnow
 from service.optuna_bridge import distributions, load_study
-from service.spec import StudySpec
+from service.studies import service as studies
+from service.studies.spec import StudySpec
 
 EPOCHS = 5
 RUNS = 5

@@ -74,7 +74,7 @@ def plain_child(config: dict[str, Any]) -> dict[str, Any]:
     from hpsearch.datasets import DatasetSpec
     from hpsearch.params import TrainingSettings, validate_params
     from service.optuna_bridge import build_sampler, distributions
-    from service.spec import StudySpec
+    from service.studies.spec import StudySpec
     from trainer.data import load_dataset
     from trainer.training import run_trial
 

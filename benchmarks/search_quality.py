@@ -72,7 +72,7 @@ def kt_child(config: dict[str, Any]) -> dict[str, Any]:
 
     from hpsearch.datasets import DatasetSpec
     from hpsearch.params import validate_params
-    from service.spec import Categorical, FloatRange, StudySpec
+    from service.studies.spec import Categorical, FloatRange, StudySpec
     from trainer.data import load_dataset
     from trainer.model import build_compiled_model
 

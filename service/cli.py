@@ -250,7 +250,7 @@ class _LocalWorkersToken:
 
     def secret(self) -> str:
         """The token to give a worker being started: a new one if it was revoked."""
-        from service import auth
+        from service.auth import tokens as auth
 
         if self._id is None or not auth.is_active(self._ctx, self._id):
             self._create()
@@ -258,7 +258,7 @@ class _LocalWorkersToken:
 
     def revoke(self) -> None:
         """At serve's exit; a failure is logged (the token is then revoked as idle later)."""
-        from service import auth
+        from service.auth import tokens as auth
 
         if self._id is None:
             return
@@ -273,7 +273,7 @@ class _LocalWorkersToken:
     def _create(self) -> None:
         from datetime import timedelta
 
-        from service import auth
+        from service.auth import tokens as auth
 
         stale = timedelta(seconds=self._ctx.settings.local_token_stale_seconds)
         row, self._secret = auth.create_local_workers_token(self._ctx, self._instance, stale)
@@ -285,9 +285,9 @@ def _hand_back(ctx: Any, worker_id: str, returncode: int, stopping: bool) -> Non
     out its lease: as a crash (a retry used), or, when serve killed it at the end of its drain,
     as a stop (no retry used)."""
     from hpsearch.protocol import ReleaseRequest
-    from service import scheduling, workers
     from service.errors import ConflictError, NotFoundError
     from service.supervisor import describe_exit
+    from service.trials import reports, workers
 
     for trial_id, attempt in workers.held_by(ctx, worker_id):
         request = ReleaseRequest(
@@ -299,7 +299,7 @@ def _hand_back(ctx: Any, worker_id: str, returncode: int, stopping: bool) -> Non
             else f"its worker {worker_id} died ({describe_exit(returncode)})",
         )
         try:
-            answer = scheduling.release_trial(ctx, trial_id, request)
+            answer = reports.release_trial(ctx, trial_id, request)
         except (ConflictError, NotFoundError):
             continue  # finished, re-let or deleted meanwhile
         logging.getLogger(__name__).info(
@@ -350,7 +350,7 @@ def _database(settings: Any = None) -> Iterator[Any]:
 
 def run_token_create(args: argparse.Namespace) -> int:
     """Print a new token once, on stdout alone (``TOKEN=$(hpsearch token create ci)``)."""
-    from service import auth
+    from service.auth import tokens as auth
 
     try:
         expires_in = auth.parse_duration(args.expires_in) if args.expires_in else None
@@ -376,7 +376,7 @@ def run_token_create(args: argparse.Namespace) -> int:
 
 def run_token_list(args: argparse.Namespace) -> int:
     """A table (or JSON) of tokens, secrets never shown."""
-    from service import auth
+    from service.auth import tokens as auth
 
     with _database() as ctx:
         rows = auth.list_tokens(ctx)
@@ -405,7 +405,7 @@ def run_token_list(args: argparse.Namespace) -> int:
 
 def run_token_revoke(args: argparse.Namespace) -> int:
     """Revoke by id or name; the API refuses it from the next request on."""
-    from service import auth
+    from service.auth import tokens as auth
     from service.errors import NotFoundError
 
     try:

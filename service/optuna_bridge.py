@@ -39,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from service.db.session import connect_args
-from service.spec import Categorical, FloatRange, PrunerSpec, SamplerSpec, StudySpec
+from service.studies.spec import Categorical, FloatRange, PrunerSpec, SamplerSpec, StudySpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)

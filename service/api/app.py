@@ -16,7 +16,6 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from hpsearch import __version__
 from hpsearch.logs import configure_logging
-from service import analysis, auth, datasets
 from service.api.auth import USER, USER_OR_WORKER, WORKER, session_router
 from service.api.errors import ERROR_RESPONSES, install_error_handlers
 from service.api.json_guard import JsonGuard
@@ -32,13 +31,16 @@ from service.api.routes import (
     workers_router,
 )
 from service.api.workers_routes import router as worker_list_router
+from service.auth import tokens as auth
 from service.clock import Clock
 from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
+from service.datasets import service as datasets
 from service.db.migrate import upgrade
 from service.db.session import DatabaseUnreachableError, database_unavailable, wait_for_database
-from service.scheduling import reap
+from service.studies import analysis
+from service.trials.recovery import reap
 
 log = logging.getLogger(__name__)
 

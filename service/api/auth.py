@@ -15,8 +15,8 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from service import auth
-from service.auth import Principal, TokenKind
+from service.auth import tokens as auth
+from service.auth.tokens import Principal, TokenKind
 from service.context import ServiceContext
 
 SESSION_COOKIE = "hpsearch_session"

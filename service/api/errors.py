@@ -15,9 +15,9 @@ from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 
 from service.api.auth import AuthError
+from service.datasets.uploads import StorageFullError, UploadTooLargeError
 from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
-from service.uploads import StorageFullError, UploadTooLargeError
 
 log = logging.getLogger(__name__)
 # How long a client should wait before retrying while the database is away (restarting, failing

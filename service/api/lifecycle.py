@@ -37,10 +37,10 @@ from typing import Any, Protocol
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import workers
 from service.api.errors import refusal
 from service.context import ServiceContext
 from service.db.session import database_unavailable
+from service.trials import workers
 
 log = logging.getLogger(__name__)
 

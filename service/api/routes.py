@@ -26,7 +26,6 @@ from hpsearch.protocol import (
     TellRequest,
 )
 from hpsearch.results import ParameterCounts
-from service import analysis, datasets, scheduling, studies
 from service.api.auth import UserOrWorkerDep
 from service.api.deps import (
     ContextDep,
@@ -37,9 +36,13 @@ from service.api.deps import (
     page,
 )
 from service.api.errors import refusal
+from service.datasets import service as datasets
+from service.datasets.uploads import receive_upload
 from service.db.migrate import current_revision, head_revision
-from service.spec import StudySpecBody
-from service.uploads import receive_upload
+from service.studies import analysis
+from service.studies import service as studies
+from service.studies.spec import StudySpecBody
+from service.trials import leases, reports
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +343,7 @@ def dataset_content(
 )
 def ask(ctx: ContextDep, request: AskRequest) -> Any:
     """A trial to train (the same one again for a worker that already has one)."""
-    assignment = scheduling.assign(ctx, request.worker_id, request.hostname)
+    assignment = leases.assign(ctx, request.worker_id, request.hostname)
     if assignment is None:
         return Response(
             status_code=204, headers={"Retry-After": f"{ctx.settings.idle_retry_seconds:g}"}
@@ -351,19 +354,19 @@ def ask(ctx: ContextDep, request: AskRequest) -> Any:
 @workers_router.post("/trials/{trial_id}/report")
 def report(ctx: ContextDep, trial_id: TrialIdPath, body: EpochReport) -> ReportAnswer:
     """One finished epoch; the answer says whether to stop (pruned)."""
-    return scheduling.record_report(ctx, trial_id, body)
+    return reports.record_report(ctx, trial_id, body)
 
 
 @workers_router.post("/trials/{trial_id}/heartbeat")
 def heartbeat(ctx: ContextDep, trial_id: TrialIdPath, body: Heartbeat) -> HeartbeatAnswer:
     """Keep the trial's lease while it trains."""
-    return scheduling.heartbeat(ctx, trial_id, body)
+    return reports.heartbeat(ctx, trial_id, body)
 
 
 @workers_router.post("/trials/{trial_id}/tell")
 def tell(ctx: ContextDep, trial_id: TrialIdPath, body: TellRequest) -> dict[str, Any]:
     """The trial's result; 409 once it is finished."""
-    trial = scheduling.record_result(ctx, trial_id, body)
+    trial = reports.record_result(ctx, trial_id, body)
     return {
         "number": trial.number,
         "state": trial.state,
@@ -377,7 +380,7 @@ def release(ctx: ContextDep, trial_id: TrialIdPath, body: ReleaseRequest) -> Rel
     """Hand back a trial this worker will not finish: it is stopping (another worker re-runs the
     trial at once) or the trial's process died (re-run up to the spec's ``max_retries``, then
     failed). 409 unless the caller holds the lease; a repeat gets the same answer."""
-    return scheduling.release_trial(ctx, trial_id, body)
+    return reports.release_trial(ctx, trial_id, body)
 
 
 # -- analysis (the dashboard's plots) ------------------------------------------------------------
@@ -402,7 +405,13 @@ def spec_template() -> dict[str, Any]:
     the dashboard's launch form is built from it."""
     from hpsearch.datasets import BUILTIN_DATASETS
     from hpsearch.params import PARAMETER_NAMES, parameter_domain
-    from service.spec import DEFAULT_SEARCH_SPACE, MODEL_PARAMS, Objective, PrunerSpec, SamplerSpec
+    from service.studies.spec import (
+        DEFAULT_SEARCH_SPACE,
+        MODEL_PARAMS,
+        Objective,
+        PrunerSpec,
+        SamplerSpec,
+    )
 
     objective, pruner = Objective(), PrunerSpec()
 

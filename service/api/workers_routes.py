@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from service import workers
 from service.api.deps import ContextDep, Page, page
 from service.api.routes import UtcTimestamp
+from service.trials import workers
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 

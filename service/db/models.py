@@ -24,8 +24,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TABLE_PREFIX = "hps_"
-# A study's statuses in which its trials are handed out (or about to be).
-ACTIVE = ("queued", "running")
 
 
 def utcnow() -> datetime:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service import auth
-from service.auth import LOCAL_WORKERS_TOKEN
+from service.auth import tokens as auth
+from service.auth.tokens import LOCAL_WORKERS_TOKEN
 from tests.service.conftest import (
     BACKENDS,
     Api,

@@ -20,7 +20,7 @@ from alembic import command
 from service.db.migrate import alembic_config
 from service.db.models import utcnow
 from service.db.session import make_engine
-from service.spec import parse_study_spec
+from service.studies.spec import parse_study_spec
 from tests.service.conftest import (
     BACKENDS,
     Api,

@@ -357,7 +357,7 @@ def test_an_optuna_trial_orphaned_by_an_api_crash_is_adopted_and_run(api) -> Non
     import optuna
 
     from service.optuna_bridge import distributions
-    from service.spec import StudySpec
+    from service.studies.spec import StudySpec
 
     s = create(api, "orphan", n_trials=2)
     storage = optuna.storages.RDBStorage(api.database_url)

@@ -2,8 +2,9 @@
 (413) as soon as it passes the size limit, never held in memory.
 
 The file is written under ``<artifacts>/incoming/``; the caller moves it into the content-addressed
-store (``service.datasets``) once its checks pass, or deletes it. A crash mid-upload leaves only
-an ``incoming`` file, which the reaper sweeps away once it has been idle long enough.
+store (``service.datasets.service``) once its checks pass, or deletes it. A crash mid-upload
+leaves only an
+``incoming`` file, which the reaper sweeps away once it has been idle long enough.
 """
 
 from __future__ import annotations

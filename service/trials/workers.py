@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from hpsearch.lifecycle import TrialStatus
 from service.context import ServiceContext
 from service.db.models import Study, Trial, Worker
 
@@ -50,7 +51,9 @@ def list_workers(
                     Trial.lease_expires_at,
                 )
                 .join(Study, Study.id == Trial.study_id)
-                .where(Trial.state == "running", Trial.worker_id.in_([w.id for w in workers]))
+                .where(
+                    Trial.state == TrialStatus.RUNNING, Trial.worker_id.in_([w.id for w in workers])
+                )
                 .order_by(Trial.id)
             )
             for worker_id, trial_id, study_id, study, number, attempt, lease in rows:
@@ -91,7 +94,7 @@ def trials_in_hand(ctx: ServiceContext, trial_ids: Collection[int]) -> list[int]
             s.scalars(
                 select(Trial.id).where(
                     Trial.id.in_(list(trial_ids)),
-                    Trial.state == "running",
+                    Trial.state == TrialStatus.RUNNING,
                     Trial.worker_id.is_not(None),
                     Trial.lease_expires_at > ctx.clock.now(),
                 )
@@ -104,7 +107,7 @@ def held_by(ctx: ServiceContext, worker_id: str) -> list[tuple[int, int]]:
     with ctx.sessions() as s:
         rows = s.execute(
             select(Trial.id, Trial.attempt).where(
-                Trial.worker_id == worker_id, Trial.state == "running"
+                Trial.worker_id == worker_id, Trial.state == TrialStatus.RUNNING
             )
         )
         return [(int(trial_id), int(attempt)) for trial_id, attempt in rows]

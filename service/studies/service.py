@@ -16,17 +16,25 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import datasets, optuna_bridge
+from hpsearch.lifecycle import (
+    ACTIVE_STUDY_STATUSES,
+    FINISHED_TRIAL_STATUSES,
+    StudyStatus,
+    TrialStatus,
+)
+from service import optuna_bridge
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Study, Trial, TrialEpoch
+from service.datasets import service as datasets
+from service.db.models import Study, Trial, TrialEpoch
 from service.db.session import unit_of_work
 from service.errors import AlreadyExistsError, ConflictError, NotFoundError
-from service.scheduling import FINISHED_TRIAL_STATES, spec_of, update_study_status
-from service.spec import parse_study_spec
+from service.lifecycle import update_study_status
+from service.studies.repository import spec_of
+from service.studies.spec import parse_study_spec
 
 log = logging.getLogger(__name__)
 
-TRIAL_STATES = ("running", *FINISHED_TRIAL_STATES)
+TRIAL_STATES = ("running", *FINISHED_TRIAL_STATUSES)
 
 
 def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
@@ -58,7 +66,7 @@ def create_study(ctx: ServiceContext, raw: Any) -> dict[str, Any]:
                 name=spec.name,
                 uid=uid,
                 optuna_study_id=optuna_study_id,
-                status="queued",
+                status=StudyStatus.QUEUED,
                 spec=stored,
                 n_trials=spec.n_trials,
                 dataset_id=dataset_id,
@@ -107,7 +115,9 @@ def _check_active_limit(ctx: ServiceContext) -> None:
     """At most ``HPSEARCH_MAX_ACTIVE_STUDIES`` studies queued or running at once."""
     limit = ctx.settings.max_active_studies
     with ctx.sessions() as s:
-        active = s.scalar(select(func.count()).select_from(Study).where(Study.status.in_(ACTIVE)))
+        active = s.scalar(
+            select(func.count()).select_from(Study).where(Study.status.in_(ACTIVE_STUDY_STATUSES))
+        )
     if (active or 0) >= limit:
         raise ConflictError(
             f"{active} studies are queued or running, the most this service runs at once "
@@ -193,12 +203,16 @@ def _summarize(s: Session, study: Study) -> dict[str, Any]:
         select(Trial.state, func.count()).where(Trial.study_id == study.id).group_by(Trial.state)
     )
     counts.update((state, count) for state, count in rows)
-    finished = sum(counts[k] for k in FINISHED_TRIAL_STATES)
+    finished = sum(counts[k] for k in FINISHED_TRIAL_STATUSES)
     spec = spec_of(study)
     order = Trial.value.desc() if spec.objective.resolved_direction == "maximize" else Trial.value
     best = s.scalars(
         select(Trial)
-        .where(Trial.study_id == study.id, Trial.state == "complete", Trial.value.is_not(None))
+        .where(
+            Trial.study_id == study.id,
+            Trial.state == TrialStatus.COMPLETE,
+            Trial.value.is_not(None),
+        )
         .order_by(order, Trial.number)
         .limit(1)
     ).first()
@@ -250,7 +264,7 @@ def stop_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
     """No new trials start; running ones are told to stop at their next epoch."""
     with unit_of_work(ctx.sessions) as s:
         study = _study(s, study_id)
-        if study.status not in ACTIVE:
+        if study.status not in ACTIVE_STUDY_STATUSES:
             raise ConflictError(
                 f"study {study.name!r} is {study.status}; only a queued or "
                 "running study can be stopped"
@@ -279,7 +293,7 @@ def resume_study(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
                 "upload the same file again (it gets the same id) to resume"
             )
         _check_active_limit(ctx)
-        study.status = "running" if study.started_at else "queued"
+        study.status = StudyStatus.RUNNING if study.started_at else "queued"
         study.status_reason, study.finished_at = None, None
         spec = spec_of(study)
         if spec.timeout_seconds:

@@ -26,12 +26,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpsearch.datafiles import Fields, FileFormat, check_file, file_format
+from hpsearch.lifecycle import ACTIVE_STUDY_STATUSES, TrialStatus
 from hpsearch.protocol import DatasetFile
 from service.context import ServiceContext
-from service.db.models import ACTIVE, Dataset, Study, Trial
+from service.datasets.uploads import Upload
+from service.db.models import Dataset, Study, Trial
 from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
-from service.uploads import Upload
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def delete_dataset(ctx: ServiceContext, ident: str) -> None:
             d = _dataset(s, ident)
             using = s.execute(
                 select(Study.id, Study.name)
-                .where(Study.dataset_id == ident, Study.status.in_(ACTIVE))
+                .where(Study.dataset_id == ident, Study.status.in_(ACTIVE_STUDY_STATUSES))
                 .limit(5)
             ).all()
             if using:
@@ -350,7 +351,7 @@ def _leased(s: Session, ident: str, now: datetime) -> bool:
         .join(Study, Study.id == Trial.study_id)
         .where(
             Study.dataset_id == ident,
-            Trial.state == "running",
+            Trial.state == TrialStatus.RUNNING,
             Trial.worker_id.is_not(None),
             Trial.lease_expires_at > now,
         )

@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 import optuna
 from sqlalchemy import func, select
 
+from hpsearch.lifecycle import TrialStatus
 from service import optuna_bridge
 from service.context import ServiceContext
 from service.db.models import Study, Trial, TrialEpoch
 from service.errors import NotFoundError
-from service.scheduling import spec_of
-from service.spec import Categorical
+from service.studies.repository import spec_of
+from service.studies.spec import Categorical
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,7 +115,9 @@ def param_importance(ctx: ServiceContext, study_id: int) -> dict[str, Any]:
             raise NotFoundError(f"no study with id {study_id}")
         complete = (
             s.scalar(
-                select(func.count()).where(Trial.study_id == study_id, Trial.state == "complete")
+                select(func.count()).where(
+                    Trial.study_id == study_id, Trial.state == TrialStatus.COMPLETE
+                )
             )
             or 0
         )

@@ -1,0 +1,1 @@
+"""Datasets: uploads, the content-addressed store, and what studies may use."""

@@ -1,0 +1,1 @@
+"""Studies: their specs, creation, status, trial listings and analysis."""

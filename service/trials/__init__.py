@@ -1,0 +1,1 @@
+"""Trials: leases handed to workers, their reports and results, recovery of lost ones."""
