@@ -255,7 +255,12 @@ def release_trial(ctx: ServiceContext, trial_id: int, release: ReleaseRequest) -
     now = ctx.clock.now()
     try:
         with unit_of_work(ctx.sessions) as s:
-            trial, study, answer = _earlier_release(s, trial_id, release)
+            try:
+                trial, study, answer = _earlier_release(s, trial_id, release)
+            except ConflictError:
+                # Not (or no longer) the caller's lease: the same release, made at once on
+                # another connection, may have committed between our two reads. Look again.
+                raise _ReleaseRaced from None
             if answer is not None:
                 return answer
             limit = spec_of(study).max_retries
@@ -312,7 +317,7 @@ def release_trial(ctx: ServiceContext, trial_id: int, release: ReleaseRequest) -
             )
     except (_ReleaseRaced, IntegrityError):
         # The same release, retried while the first was in flight, got there first; or the
-        # lease was re-let to another worker meanwhile.
+        # lease was re-let to another worker meanwhile (then ``_earlier_release`` says so).
         with ctx.sessions() as s:
             trial, study, answer = _earlier_release(s, trial_id, release)
             if answer is not None:
