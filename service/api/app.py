@@ -18,29 +18,23 @@ from hpsearch import __version__
 from hpsearch.logs import configure_logging
 from service.api.auth import USER, USER_OR_WORKER, WORKER, session_router
 from service.api.errors import ERROR_RESPONSES, install_error_handlers
+from service.api.health import health, probes_router
 from service.api.json_guard import JsonGuard
 from service.api.lifecycle import Drain, DrainGate
 from service.api.middleware import BodyLimit, Lanes, LoopbackGuard, SecurityHeaders
-from service.api.routes import (
-    analysis_router,
-    dataset_content_router,
-    datasets_router,
-    health,
-    probes_router,
-    studies_router,
-    workers_router,
-)
-from service.api.workers_routes import router as worker_list_router
 from service.auth import tokens as auth
 from service.clock import Clock
 from service.config import Settings, get_settings
 from service.context import ServiceContext
 from service.dashboard.routes import router as dashboard_router
 from service.datasets import service as datasets
+from service.datasets.routes import dataset_content_router, datasets_router
 from service.db.migrate import upgrade
 from service.db.session import DatabaseUnreachableError, database_unavailable, wait_for_database
 from service.studies import analysis
+from service.studies.routes import analysis_router, studies_router
 from service.trials.recovery import reap
+from service.trials.routes import worker_list_router, workers_router
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import tokens as auth
+from service.auth.schemas import Login, Session, TokenRef
 from service.auth.tokens import Principal, TokenKind
 from service.context import ServiceContext
+from service.schemas import ErrorBody
 
 SESSION_COOKIE = "hpsearch_session"
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -151,27 +152,26 @@ UserOrWorkerDep = Annotated[Principal | None, USER_OR_WORKER]
 session_router = APIRouter(prefix="/api/v1/session", tags=["session"])
 
 
-class Login(BaseModel):
-    token: str = Field(min_length=1, max_length=512, description="a user token")
-
-
 @session_router.get("")
-async def whoami(
-    request: Request, session: Annotated[str | None, Depends(cookie)]
-) -> dict[str, Any]:
+async def whoami(request: Request, session: Annotated[str | None, Depends(cookie)]) -> Session:
     """Whether auth is on and who this browser is signed in as (never 401: the dashboard asks
     before it shows anything)."""
     ctx = _context(request)
     principal = await run_in_threadpool(auth.authenticate, ctx, session) if session else None
-    return {
-        "auth": ctx.settings.auth,
-        "signed_in": principal is not None,
-        "token": principal and {"id": principal.token_id, "name": principal.name},
-    }
+    return Session(
+        auth=ctx.settings.auth,
+        signed_in=principal is not None,
+        token=principal and TokenRef(id=principal.token_id, name=principal.name),
+    )
 
 
 @session_router.post(
-    "", status_code=204, responses={401: {"description": "unknown token"}, 403: {}}
+    "",
+    status_code=204,
+    responses={
+        401: {"model": ErrorBody, "description": "the token is unknown, revoked or expired"},
+        403: {"model": ErrorBody, "description": "a worker token, or a request from another site"},
+    },
 )
 async def sign_in(request: Request, login: Annotated[Login, Body()]) -> Response:
     """Sign the dashboard in with a user token: it is kept in an HttpOnly, SameSite=Strict

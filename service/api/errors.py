@@ -10,7 +10,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
-from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 
@@ -18,6 +17,7 @@ from service.api.auth import AuthError
 from service.datasets.uploads import StorageFullError, UploadTooLargeError
 from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
+from service.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
 # How long a client should wait before retrying while the database is away (restarting, failing
@@ -27,18 +27,6 @@ DATABASE_RETRY_AFTER_SECONDS = 1
 _UNION_TAGS = {"float", "int", "categorical", "function-after[_one_source()]"}
 # How much of a refused input a reason quotes: a 10,000-character string is named, not repeated.
 _QUOTED_CHARS = 80
-
-
-class FieldProblem(BaseModel):
-    field: str
-    reason: str
-
-
-class ErrorBody(BaseModel):
-    """Every refusal: what went wrong, and each field at fault with its reason."""
-
-    detail: str
-    errors: list[FieldProblem]
 
 
 # Documented on every route, so that clients (and the schema fuzzer) know each refusal's shape.

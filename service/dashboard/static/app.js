@@ -7,6 +7,7 @@
 const API = "/api/v1";
 const POLL_MS = 2000;
 const TRIAL_PAGE = 50;
+// The finished states of hpsearch.lifecycle.TrialStatus (GET /studies/-/template lists them all).
 const FINISHED = ["complete", "pruned", "diverged", "timed_out", "failed"];
 let stopPolling = () => {};
 // Which page is shown: route() counts them. A render notes the number it was started for
