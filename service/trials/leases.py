@@ -2,7 +2,7 @@
 to re-run, or a new one from Optuna), fairly between studies.
 
 Every decision that several workers (or API processes) could race for is one conditional UPDATE
-(``... WHERE n_allocated < n_trials``, ``... WHERE lease_expires_at < now``), which both SQLite
+(``... WHERE n_allocated < n_trials``, ``... WHERE lease_expires_at <= now``), which both SQLite
 and PostgreSQL apply atomically. Optuna is always called outside our transactions: SQLite has
 one writer, and Optuna writes through its own engine."""
 
@@ -122,7 +122,7 @@ def _relet_lost_trial(
     worker holds it (released by one, adopted as an orphan, or a spare: no loss)."""
     given_up: list[int] = []
     result = None
-    expired = and_(Trial.state == TrialStatus.RUNNING, Trial.lease_expires_at < now)
+    expired = and_(Trial.state == TrialStatus.RUNNING, Trial.lease_expires_at <= now)
     with ctx.sessions() as s:  # the usual case, no lost trial, takes no lock
         if s.scalar(select(Trial.id).where(Trial.study_id == study_id, expired).limit(1)) is None:
             return None

@@ -32,7 +32,7 @@ def reap(ctx: ServiceContext) -> None:
                 select(Study.id, Study.optuna_study_id).where(
                     Study.status.in_(ACTIVE_STUDY_STATUSES)
                 )
-            ).tuples()
+            )
         )
     for trial_id in unsynced:
         finalize_in_optuna(ctx, trial_id)

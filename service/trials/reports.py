@@ -29,7 +29,13 @@ from service.db.session import unit_of_work
 from service.errors import ConflictError, FieldError, InvalidSpecError, NotFoundError
 from service.lifecycle import history, update_study_status
 from service.studies.repository import parsed_spec, spec_of
-from service.trials.repository import changed, lease_expiry, next_seq, trial_and_study
+from service.trials.repository import (
+    changed,
+    lease_expiry,
+    leased_to,
+    next_seq,
+    trial_and_study,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +167,11 @@ def heartbeat(ctx: ServiceContext, trial_id: int, beat: Heartbeat) -> HeartbeatA
     """Extend the trial's lease; tell the worker to stop when its study no longer runs."""
     with unit_of_work(ctx.sessions) as s:
         trial, study = _leased_trial(s, trial_id, beat.worker_id, beat.attempt)
-        trial.lease_expires_at = lease_expiry(ctx)
+        # Renewed only while still the caller's (the row may have changed since the read), and
+        # the trial's row before the worker's: the order a result takes them in.
+        held = leased_to(trial_id, beat.worker_id, beat.attempt)
+        if not changed(s, update(Trial).where(held).values(lease_expires_at=lease_expiry(ctx))):
+            raise ConflictError(f"trial {trial.number} of study {study.name!r} changed meanwhile")
         s.execute(
             update(Worker).where(Worker.id == beat.worker_id).values(last_seen=ctx.clock.now())
         )
@@ -176,7 +186,17 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
     result = tell.result
     now = ctx.clock.now()
     with unit_of_work(ctx.sessions) as s:
+        # Lock order, as in every use case: the study's row (its change counter), then the
+        # trial's. Then take the trial in one conditional UPDATE: a lease re-let, or the same
+        # result told at once on another connection, between a read and a write would otherwise
+        # both finish it (a read outside the write lock on SQLite, a stale row on PostgreSQL).
+        study_id = s.scalar(select(Trial.study_id).where(Trial.id == trial_id))
+        seq = None if study_id is None else next_seq(s, study_id)
+        held = leased_to(trial_id, tell.worker_id, tell.attempt)
+        taken = changed(s, update(Trial).where(held).values(lease_expires_at=None))
         trial, study = _leased_trial(s, trial_id, tell.worker_id, tell.attempt)
+        if not taken or seq is None:  # _leased_trial names the conflict; this is its last word
+            raise ConflictError(f"trial {trial.number} of study {study.name!r} changed meanwhile")
         state, value, reason = result.state.value, None, result.reason
         if state == "complete":
             value = result.best_value
@@ -200,7 +220,7 @@ def record_result(ctx: ServiceContext, trial_id: int, tell: TellRequest) -> Tria
             "final_value": result.final_value,
             "parameters": result.parameters.model_dump() if result.parameters else None,
         }
-        trial.change_seq = next_seq(s, study.id)
+        trial.change_seq = seq
         s.execute(
             update(Worker)
             .where(Worker.id == tell.worker_id)
@@ -267,12 +287,7 @@ def release_trial(ctx: ServiceContext, trial_id: int, release: ReleaseRequest) -
             crashes = trial.crashes + (release.cause == "crashed")
             retries_left = max(limit - crashes, 0)
             event = f"attempt {release.attempt}: {release.reason}"
-            held = and_(
-                Trial.id == trial_id,
-                Trial.state == TrialStatus.RUNNING,
-                Trial.worker_id == release.worker_id,
-                Trial.attempt == release.attempt,
-            )
+            held = leased_to(trial_id, release.worker_id, release.attempt)
             outcome: Literal["queued", "failed"]
             values: dict[str, Any] = {"crashes": crashes, "change_seq": next_seq(s, study.id)}
             if crashes > limit:

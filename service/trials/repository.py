@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, or_, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, update
 from sqlalchemy.orm import Session
 
-from hpsearch.lifecycle import ACTIVE_STUDY_STATUSES, StudyStatus
+from hpsearch.lifecycle import ACTIVE_STUDY_STATUSES, StudyStatus, TrialStatus
 from service.context import ServiceContext
 from service.db.models import Study, Trial
 from service.errors import NotFoundError
@@ -69,3 +69,14 @@ def claim_slot(s: Session, study_id: int, now: datetime, handed_out: bool = True
         update(Study).where(*where).values(**values).returning(Study.n_allocated)
     ).scalar()
     return None if slot is None else int(slot)
+
+
+def leased_to(trial_id: int, worker_id: str, attempt: int) -> ColumnElement[bool]:
+    """The condition that the trial still runs under this worker's lease (this attempt): what
+    every write of a worker's report, beat, result or release is conditional on."""
+    return and_(
+        Trial.id == trial_id,
+        Trial.state == TrialStatus.RUNNING,
+        Trial.worker_id == worker_id,
+        Trial.attempt == attempt,
+    )
