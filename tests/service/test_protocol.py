@@ -1,11 +1,11 @@
 """The worker protocol's guarantees, driven by fake workers over real HTTP (no training):
-idempotent ask, report and tell; leases; the exact budget under racing workers; stop, resume,
-delete; incremental polling; fair share between studies."""
+idempotent ask, report and tell; the exact budget under racing workers; stop, resume, delete;
+incremental polling; fair share between studies. Leases running out (re-lets, losses, time
+limits, heartbeats) are tested in-process with a fake clock: tests/usecases/test_leases.py."""
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -155,57 +155,6 @@ def test_exact_budget_with_many_workers_racing(api) -> None:
     assert api.http.get(f"/api/v1/studies/{s['id']}/trials").json()["count"] == 10
 
 
-def test_a_lost_worker_s_trial_is_rerun_with_the_same_parameters(api) -> None:
-    s = create(api, "lost-lease", n_trials=1)
-    lost, rescuer = FakeWorker(api.url, "lost"), FakeWorker(api.url, "rescuer")
-    first = lost.ask()
-    lost.report(first, 1)
-    # No heartbeat: after the lease (4 s) another worker gets the same trial, attempt 2.
-    second = wait_for(rescuer.ask, 15, "the lost trial to be handed out again")
-    assert second["trial_id"] == first["trial_id"] and second["params"] == first["params"]
-    assert second["attempt"] == 2
-    assert lost.report(first, 2).status_code == 409  # the old lease is gone
-    assert rescuer.tell(second).status_code == 200
-    final = study(api, s["id"])
-    assert final["status"] == "completed" and final["finished"] == 1
-    detail = api.http.get(f"/api/v1/studies/{s['id']}/trials/0").json()
-    assert "re-run: worker lost stopped heartbeating" in detail["reason"]
-
-
-def test_a_trial_lost_too_often_fails_for_good(api) -> None:
-    s = create(api, "lost-thrice", n_trials=1)
-    for attempt in range(1, 4):  # max_retries=2: three attempts, all lost
-        w = FakeWorker(api.url, f"doomed-{attempt}")
-        trial = wait_for(w.ask, 15, f"attempt {attempt}")
-        assert trial["attempt"] == attempt
-    final = wait_for(
-        lambda: (
-            ((st := study(api, s["id"]))["status"] != "running" and st)
-            or FakeWorker(api.url, "prober").ask()
-        ),
-        20,
-        "the trial to fail for good",
-    )
-    final = study(api, s["id"])
-    assert final["trial_counts"]["failed"] == 1 and final["finished"] == 1
-    detail = api.http.get(f"/api/v1/studies/{s['id']}/trials/0").json()
-    assert "its worker was lost 3 time(s)" in detail["reason"]
-
-
-def test_heartbeat_keeps_the_lease(api) -> None:
-    create(api, "heartbeat", n_trials=1)
-    w, other = FakeWorker(api.url, "beating"), FakeWorker(api.url, "waiting")
-    trial = w.ask()
-    for _ in range(6):  # 6 s > the 4 s lease, renewed every second
-        beat = w.http.post(
-            f"/api/v1/trials/{trial['trial_id']}/heartbeat", json={"worker_id": w.id, "attempt": 1}
-        )
-        assert beat.status_code == 200 and beat.json()["should_stop"] is False
-        time.sleep(1)
-    assert other.ask() is None  # still leased: nothing else to do in this study
-    assert w.tell(trial).status_code == 200
-
-
 def test_stop_prunes_running_trials_and_starts_no_new_ones_then_resume(api) -> None:
     s = create(api, "stop-resume", n_trials=3)
     w = FakeWorker(api.url, "stopper")
@@ -313,22 +262,6 @@ def test_report_without_all_metrics_gets_422(api) -> None:
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "metrics"
     w.tell(trial)
-
-
-def test_study_time_limit_starts_no_trial_after_the_deadline(api) -> None:
-    s = create(api, "time-limit", n_trials=50, timeout_seconds=1.5)
-    w = FakeWorker(api.url, "timed")
-    trial = w.ask()
-    time.sleep(2)
-    w.tell(trial)
-    assert w.ask() is None
-    final = wait_for(
-        lambda: (st := study(api, s["id"]))["status"] == "completed" and st,
-        10,
-        "the study to complete at its deadline",
-    )
-    assert final["finished"] == 1
-    assert final["status_reason"] == "time limit reached after 1 of 50 trials"
 
 
 def test_a_study_whose_first_trials_all_fail_is_failed(api) -> None:

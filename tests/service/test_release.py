@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.service.conftest import query, wait_for
+from tests.service.conftest import query
 from tests.service.test_protocol import FakeWorker, create, study
 
 DIED = "the trial process died (killed: SIGKILL) during epoch 2"
@@ -96,31 +96,6 @@ def test_with_max_retries_0_a_crash_fails_the_trial_at_once(api: Any) -> None:
     shown = detail(api, trial)
     assert shown["state"] == "failed" and shown["attempt"] == 1
     assert shown["reason"] == f"failed: attempt 1: {DIED}; no retries left (max_retries 0)"
-
-
-def test_stopping_uses_no_retry_and_each_cause_counts_apart_from_lost_leases(api: Any) -> None:
-    """Stops are free; crashes count against the spec's max_retries (1) and lost workers against
-    HPSEARCH_MAX_RETRIES (2), each on its own."""
-    s = create(api, "release-counts", n_trials=1, max_retries=1)
-    w = FakeWorker(api.url, "counting")
-    trial = w.ask()
-    for _ in range(3):
-        assert release(w, trial, "stopping", "stopped").json()["retries_left"] == 1
-        trial = w.ask()
-    assert trial["attempt"] == 4
-    assert release(w, trial, "crashed").json() == {"state": "queued", "retries_left": 0}
-    lost = FakeWorker(api.url, "vanishing").ask()  # attempt 5, never heard of again
-    assert lost["attempt"] == 5
-    rescued = wait_for(FakeWorker(api.url, "rescuer").ask, 15, "the lost lease to be re-let")
-    assert rescued["attempt"] == 6
-    assert FakeWorker(api.url, "rescuer").tell(rescued).status_code == 200
-    assert study(api, s["id"])["trial_counts"]["complete"] == 1
-    reason = detail(api, trial)["reason"]
-    assert reason.startswith("attempt 1: stopped; re-run; attempt 2: stopped; re-run; ")
-    assert f"attempt 4: {DIED}; re-run; " in reason
-    assert reason.endswith("re-run: worker vanishing stopped heartbeating (attempt 6)")
-    [row] = query(api, f"SELECT crashes, losses FROM hps_trials WHERE id = {trial['trial_id']}")
-    assert row == {"crashes": 1, "losses": 1}
 
 
 def test_a_repeated_release_changes_nothing_and_gets_the_same_answer(api: Any) -> None:
