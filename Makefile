@@ -43,8 +43,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## unit: the suite in two passes: everything not timing-bound on JOBS processes at once (most
+## tests wait on servers, workers and databases, so 3 fill 2 cores), then the `serial` tests
+## (drains, grace periods, CPU shares, containers, network namespaces) alone
+JOBS ?= 3
 unit: $(STAMP) browser
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(JOBS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/pytest -m serial $(PYTEST_ARGS)
 
 ## fuzz: the schema fuzzer and the spec's property tests at ten times CI's examples, random seed
 fuzz: $(STAMP)

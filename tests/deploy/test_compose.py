@@ -28,6 +28,9 @@ import pytest
 
 from tests.service.conftest import free_port, wait_for
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "digits-bn-clip.json"
 REQUIRED = os.environ.get("HPSEARCH_TEST_CONTAINERS") == "required"

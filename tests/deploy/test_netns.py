@@ -31,6 +31,9 @@ import pytest
 
 from tests.service.conftest import hpsearch_cli, spec, wait_for
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 REQUIRED = os.environ.get("HPSEARCH_TEST_NETNS") == "required"
 HOSTS = ("db", "api", "w1", "w2")
 N_TRIALS = 6

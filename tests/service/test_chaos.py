@@ -38,6 +38,9 @@ from tests.service.conftest import (
 from tests.service.test_protocol import METRICS
 from tests.service.test_serve import Serve, start_serve
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 N_TRIALS = 16
 EVENTS = 6
 FINISHED = ("complete", "pruned", "diverged", "timed_out", "failed")

@@ -27,6 +27,9 @@ from tests.service.test_protocol import FakeWorker, create
 # How far below the protocol's priority user requests run (service.api.middleware).
 USER_LANE_NICE = 10
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 
 def _nice() -> int:
     """This thread's own nice value (Linux: each thread has one)."""
@@ -185,8 +188,10 @@ def test_a_crowd_of_readers_leaves_the_training_beside_the_api_its_cpu(make_api:
     it) share one core while 20 readers on another core read trial pages without pause: the
     readers get their pages (slower), the busy process keeps most of the core."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs two cores: one for the API and the busy process, one for the crowd")
+    # Every machine of this project has two cores (a failure, not a skip, where one has fewer).
+    assert len(cpus) >= 2, (
+        f"needs two cores (one for the API and the busy one, one for the crowd): {cpus}"
+    )
     # Its reaper seldom: the API's CPU is then the crowd's.
     api = make_api("sqlite", HPSEARCH_REAPER_SECONDS="30", HPSEARCH_LEASE_SECONDS="120")
     study = create(api, "crowded-pages", n_trials=1)

@@ -17,6 +17,9 @@ import pytest
 from tests.service.conftest import Api, query, spec, wait_for
 from tests.service.test_datasets import multipart_body
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 
 def error_of(response: httpx.Response, status: int) -> dict[str, str]:
     """The one field error of a refusal with ``status``."""

@@ -24,6 +24,9 @@ from tests.service.conftest import (
 from tests.service.test_protocol import FakeWorker
 from tests.service.test_serve import Serve, start_serve
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 # The documented bound: HPSEARCH_DRAIN_SECONDS (8 s) and the time to close, under compose's 10 s.
 EXIT_WITHIN = 9.0
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from sqlalchemy.engine import make_url
 
 from tests.service.conftest import (
@@ -20,6 +21,9 @@ from tests.service.conftest import (
     service_env,
     wait_for,
 )
+
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
 
 
 def test_migrate_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ import pytest
 from tests.hpsearch.zipfiles import bomb
 from tests.service.conftest import Api, free_port, make_database, service_env
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 BOUND_MB = 256
 
 

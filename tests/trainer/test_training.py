@@ -12,6 +12,9 @@ from tests.trainer.notes import NOTES_MODEL
 from trainer.data import load_dataset
 from trainer.training import run_trial
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def digits():

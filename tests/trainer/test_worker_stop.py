@@ -27,6 +27,9 @@ from tests.service.conftest import (
 )
 from tests.service.test_protocol import create
 
+# Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
+pytestmark = pytest.mark.serial
+
 # About 0.3 s an epoch with one thread here: long enough to stop a trial mid-way.
 SLOW = {
     "dataset": {"name": "synthetic", "n_samples": 2000, "n_features": 10, "n_classes": 3},
