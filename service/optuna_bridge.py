@@ -273,10 +273,14 @@ def delete_study(url: str, optuna_study_id: int) -> None:
 def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Any]]:
     """A new trial with sampled values: (Optuna trial id, sampled params)."""
     trial = study.ask(fixed_distributions=distributions(spec))
+    # Optuna keeps a trial's storage id private (its public number counts within a study); our
+    # trial rows are keyed by it, unique across studies and what the storage's calls take.
     return trial._trial_id, dict(trial.params)
 
 
-def report(study: optuna.Study, trial_id: int, epoch: int, value: float) -> bool:
+def report(
+    url: str, optuna_study_id: int, spec: StudySpec, trial_id: int, epoch: int, value: float
+) -> bool:
     """Record an epoch's objective and ask the pruner whether to stop.
 
     The pruner is asked as ``Trial.should_prune`` asks it, without building a ``Trial`` (that
@@ -284,12 +288,12 @@ def report(study: optuna.Study, trial_id: int, epoch: int, value: float) -> bool
     once here: the trials are fetched once per report, not once for this trial and again for
     its peers.
     """
-    storage = study._storage
+    study, storage = load_study(url, optuna_study_id, spec), cached_storage(url)
     storage.set_trial_intermediate_value(trial_id, epoch, value)
     if isinstance(study.pruner, optuna.pruners.NopPruner):
         return False
-    trials = storage.get_all_trials(study._study_id, deepcopy=False)
-    this = next(t for t in trials if t._trial_id == trial_id)
+    trials = storage.get_all_trials(optuna_study_id, deepcopy=False)
+    this = next(t for t in trials if t._trial_id == trial_id)  # private: see ``ask``
     return bool(study.pruner.prune(_as_read(study, trials), this))
 
 
@@ -309,6 +313,8 @@ class _TrialsAsRead:
 
 
 def _as_read(study: optuna.Study, trials: list[Any]) -> optuna.Study:
+    # Private, and no public way to do it: a pruner reads its peers through the study's
+    # storage, and this is what lets it read the trials fetched once instead of again.
     view = copy.copy(study)
     view._storage = _TrialsAsRead(study._storage, trials)  # type: ignore[assignment]
     return view
@@ -347,6 +353,24 @@ def running_trials(url: str, optuna_study_id: int) -> list[tuple[int, float, dic
         return []
     now = datetime.now()  # Optuna stamps trials with naive local time
     return [
-        (t._trial_id, (now - (t.datetime_start or now)).total_seconds(), dict(t.params))
+        (t._trial_id, (now - (t.datetime_start or now)).total_seconds(), dict(t.params))  # see ask
         for t in running
     ]
+
+
+def param_importances(url: str, optuna_study_id: int) -> dict[str, float]:
+    """Each searched parameter's importance (Optuna's PED-ANOVA); empty while it cannot be
+    computed (a parameter that never varied, too few trials)."""
+    study = load_study(url, optuna_study_id)
+    try:
+        result = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+        )
+    except (ValueError, RuntimeError) as exc:
+        log.info("no parameter importance yet: %s", exc)
+        return {}
+    return {name: float(value) for name, value in result.items()}
+
+
+# The error Optuna's storage raises when its database fails: the API answers it as an outage.
+StorageInternalError = optuna.exceptions.StorageInternalError

@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 
@@ -17,6 +16,7 @@ from service.api.auth import AuthError
 from service.datasets.uploads import StorageFullError, UploadTooLargeError
 from service.db.session import database_unavailable
 from service.errors import AlreadyExistsError, ConflictError, InvalidSpecError, NotFoundError
+from service.optuna_bridge import StorageInternalError
 from service.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -82,112 +82,130 @@ def _human(n: int) -> str:
     return f"{size:g} TiB"
 
 
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    # FastAPI answers a body it cannot parse with a bare 400: it is invalid input like any
+    # other, so it gets the 422 and the field-by-field shape of every refusal.
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        reason = "not valid JSON (or not UTF-8)"
+        return JSONResponse(
+            status_code=422,
+            content=_body(f"(body): {reason}", [{"field": "(body)", "reason": reason}]),
+        )
+    return JSONResponse(
+        status_code=exc.status_code, content=_body(str(exc.detail)), headers=exc.headers
+    )
+
+
+async def _unauthorized(request: Request, exc: AuthError) -> JSONResponse:
+    log.info(
+        "request refused",
+        extra={"path": request.url.path, "status": exc.status_code, "problem": exc.detail},
+    )
+    headers = {"WWW-Authenticate": 'Bearer realm="hpsearch"'} if exc.status_code == 401 else {}
+    return JSONResponse(status_code=exc.status_code, content=_body(exc.detail), headers=headers)
+
+
+async def _invalid(_: Request, exc: InvalidSpecError) -> JSONResponse:
+    return JSONResponse(status_code=422, content=_body(str(exc), exc.to_json()))
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = []
+    for err in exc.errors():
+        reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        quote = "input" in err and not isinstance(err["input"], dict)
+        if quote and err.get("type") not in ("missing", "extra_forbidden"):
+            reason += f" (got {_quoted(err['input'])})"
+        if err.get("type") == "extra_forbidden":
+            reason = "unknown name"
+        errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
+    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+    return JSONResponse(status_code=422, content=_body(detail, errors))
+
+
+async def _too_large(request: Request, exc: UploadTooLargeError) -> JSONResponse:
+    limit = request.app.state.context.settings.max_upload_bytes
+    reason = (
+        f"the file passes the limit of {limit:,} bytes ({_human(limit)}; "
+        "HPSEARCH_MAX_UPLOAD_BYTES); nothing was stored"
+    )
+    return JSONResponse(
+        status_code=413,
+        content=_body(f"file: {reason}", [{"field": "file", "reason": reason}]),
+        headers={"Connection": "close"},
+    )
+
+
+async def _storage_full(_: Request, exc: StorageFullError) -> JSONResponse:
+    log.error("upload refused: the artifact directory is full", extra={"problem": str(exc)})
+    reason = f"the service has no room for this file ({exc.strerror}); nothing was stored"
+    return JSONResponse(
+        status_code=507, content=_body(reason, [{"field": "file", "reason": reason}])
+    )
+
+
+async def _exists(_: Request, exc: AlreadyExistsError) -> JSONResponse:
+    return JSONResponse(
+        status_code=409, content=_body(str(exc), [{"field": exc.field, "reason": str(exc)}])
+    )
+
+
+async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+    return JSONResponse(status_code=404, content=_body(str(exc)))
+
+
+async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+    return JSONResponse(status_code=409, content=_body(str(exc)))
+
+
+async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+    # The database refused a value (too long, out of range, a NUL on PostgreSQL) that the
+    # API's checks let through: still bad input, not a server error; the transaction was
+    # rolled back. Logged, since a check that names the field is missing.
+    problem = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+    log.warning(
+        "a value the database cannot store reached it: answered 422",
+        extra={"path": request.url.path, "problem": problem},
+    )
+    reason = f"a value does not fit what the database stores ({problem}); nothing was changed"
+    return JSONResponse(
+        status_code=422, content=_body(reason, [{"field": "(body)", "reason": reason}])
+    )
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    problem = database_unavailable(exc)
+    if problem is None:
+        raise exc  # a bug, not an outage: the usual 500, with its traceback in the log
+    log.warning(
+        "database unavailable; answered 503",
+        extra={"path": request.url.path, "problem": problem},
+    )
+    return JSONResponse(
+        status_code=503,
+        content=_body(f"the database is unavailable, retry shortly: {problem}"),
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+# Each refusal's handler, by the exception that it answers.
+_HANDLERS: tuple[tuple[type[Exception], Any], ...] = (
+    (HTTPException, _http_error),
+    (AuthError, _unauthorized),
+    (InvalidSpecError, _invalid),
+    (RequestValidationError, _invalid_request),
+    (UploadTooLargeError, _too_large),
+    (StorageFullError, _storage_full),
+    (AlreadyExistsError, _exists),
+    (NotFoundError, _not_found),
+    (ConflictError, _conflict),
+    (DataError, _unstorable),
+    (DBAPIError, _database),
+    (StorageInternalError, _database),
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping on ``app``."""
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        # FastAPI answers a body it cannot parse with a bare 400: it is invalid input like any
-        # other, so it gets the 422 and the field-by-field shape of every refusal.
-        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            reason = "not valid JSON (or not UTF-8)"
-            return JSONResponse(
-                status_code=422,
-                content=_body(f"(body): {reason}", [{"field": "(body)", "reason": reason}]),
-            )
-        return JSONResponse(
-            status_code=exc.status_code, content=_body(str(exc.detail)), headers=exc.headers
-        )
-
-    @app.exception_handler(AuthError)
-    async def unauthorized(request: Request, exc: AuthError) -> JSONResponse:
-        log.info(
-            "request refused",
-            extra={"path": request.url.path, "status": exc.status_code, "problem": exc.detail},
-        )
-        headers = {"WWW-Authenticate": 'Bearer realm="hpsearch"'} if exc.status_code == 401 else {}
-        return JSONResponse(status_code=exc.status_code, content=_body(exc.detail), headers=headers)
-
-    @app.exception_handler(InvalidSpecError)
-    async def invalid(_: Request, exc: InvalidSpecError) -> JSONResponse:
-        return JSONResponse(status_code=422, content=_body(str(exc), exc.to_json()))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            quote = "input" in err and not isinstance(err["input"], dict)
-            if quote and err.get("type") not in ("missing", "extra_forbidden"):
-                reason += f" (got {_quoted(err['input'])})"
-            if err.get("type") == "extra_forbidden":
-                reason = "unknown name"
-            errors.append({"field": _field(tuple(err.get("loc", ()))), "reason": reason})
-        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-        return JSONResponse(status_code=422, content=_body(detail, errors))
-
-    @app.exception_handler(UploadTooLargeError)
-    async def too_large(request: Request, exc: UploadTooLargeError) -> JSONResponse:
-        limit = request.app.state.context.settings.max_upload_bytes
-        reason = (
-            f"the file passes the limit of {limit:,} bytes ({_human(limit)}; "
-            "HPSEARCH_MAX_UPLOAD_BYTES); nothing was stored"
-        )
-        return JSONResponse(
-            status_code=413,
-            content=_body(f"file: {reason}", [{"field": "file", "reason": reason}]),
-            headers={"Connection": "close"},
-        )
-
-    @app.exception_handler(StorageFullError)
-    async def storage_full(_: Request, exc: StorageFullError) -> JSONResponse:
-        log.error("upload refused: the artifact directory is full", extra={"problem": str(exc)})
-        reason = f"the service has no room for this file ({exc.strerror}); nothing was stored"
-        return JSONResponse(
-            status_code=507, content=_body(reason, [{"field": "file", "reason": reason}])
-        )
-
-    @app.exception_handler(AlreadyExistsError)
-    async def exists(_: Request, exc: AlreadyExistsError) -> JSONResponse:
-        return JSONResponse(
-            status_code=409, content=_body(str(exc), [{"field": exc.field, "reason": str(exc)}])
-        )
-
-    @app.exception_handler(NotFoundError)
-    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse(status_code=404, content=_body(str(exc)))
-
-    @app.exception_handler(ConflictError)
-    async def conflict(_: Request, exc: ConflictError) -> JSONResponse:
-        return JSONResponse(status_code=409, content=_body(str(exc)))
-
-    @app.exception_handler(DataError)
-    async def unstorable(request: Request, exc: DataError) -> JSONResponse:
-        # The database refused a value (too long, out of range, a NUL on PostgreSQL) that the
-        # API's checks let through: still bad input, not a server error; the transaction was
-        # rolled back. Logged, since a check that names the field is missing.
-        problem = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
-        log.warning(
-            "a value the database cannot store reached it: answered 422",
-            extra={"path": request.url.path, "problem": problem},
-        )
-        reason = f"a value does not fit what the database stores ({problem}); nothing was changed"
-        return JSONResponse(
-            status_code=422, content=_body(reason, [{"field": "(body)", "reason": reason}])
-        )
-
-    @app.exception_handler(DBAPIError)
-    @app.exception_handler(StorageInternalError)
-    async def database(request: Request, exc: Exception) -> JSONResponse:
-        problem = database_unavailable(exc)
-        if problem is None:
-            raise exc  # a bug, not an outage: the usual 500, with its traceback in the log
-        log.warning(
-            "database unavailable; answered 503",
-            extra={"path": request.url.path, "problem": problem},
-        )
-        return JSONResponse(
-            status_code=503,
-            content=_body(f"the database is unavailable, retry shortly: {problem}"),
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-        )
+    for exc_type, handler in _HANDLERS:
+        app.add_exception_handler(exc_type, handler)

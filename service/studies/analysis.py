@@ -14,7 +14,6 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from typing import Any, TypeVar
 
-import optuna
 from sqlalchemy import func, select
 
 from hpsearch.lifecycle import TrialStatus
@@ -220,12 +219,4 @@ def _compute_importances(url: str, uid: str, optuna_study_id: int) -> dict[str, 
         # storage still holds the deleted study's finished trials under it, so start afresh.
         optuna_bridge.cached_storage.cache_clear()
         _uid_of_optuna_id[(url, optuna_study_id)] = uid
-    study = optuna_bridge.load_study(url, optuna_study_id)
-    try:
-        result = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
-        )
-    except (ValueError, RuntimeError) as exc:  # e.g. a parameter that never varied
-        log.info("no parameter importance yet: %s", exc)
-        return {}
-    return {name: float(value) for name, value in result.items()}
+    return optuna_bridge.param_importances(url, optuna_study_id)

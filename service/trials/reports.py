@@ -116,8 +116,7 @@ def record_report(ctx: ServiceContext, trial_id: int, report: EpochReport) -> Re
         return ReportAnswer(should_stop=row.should_stop, reason=row.stop_reason)
     spec = parsed_spec(row.uid, row.spec)
     value = float(report.metrics[spec.objective.metric])
-    optuna_study = optuna_bridge.load_study(ctx.url, row.optuna_study_id, spec)
-    prune = optuna_bridge.report(optuna_study, trial_id, report.epoch, value)
+    prune = optuna_bridge.report(ctx.url, row.optuna_study_id, spec, trial_id, report.epoch, value)
     reason = None
     if row.status not in ACTIVE_STUDY_STATUSES:
         prune, reason = True, f"stopped with the study at epoch {report.epoch}"
