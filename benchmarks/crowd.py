@@ -290,28 +290,7 @@ def _pins() -> tuple[int | None, int | None, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, help="each window (default 10; quick 3)")
-    parser.add_argument("--repeats", type=int, help="unloaded/loaded pairs (default 6; quick 1)")
-    parser.add_argument("--clients", type=int, help="dashboard readers (default 50; quick 5)")
-    parser.add_argument(
-        "--think", type=float, default=0.0, help="each reader's pause between requests, s"
-    )
-    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgresql"])
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial of the study")
-    parser.add_argument(
-        "--serve",
-        action="store_true",
-        help="run `hpsearch serve --workers 1` (the API and its own worker) rather than an API "
-        "and a separately started worker",
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
-    parser.add_argument(
-        "--child", nargs=3, metavar=("URL", "CLIENTS", "CPU"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.child:
         url, clients, cpu = args.child
         crowd_child(url, int(clients), None if cpu == "-" else int(cpu))
@@ -357,25 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                 bench = Bench(url, study_id, pids)
                 while http.get(f"/api/v1/studies/{study_id}").json()["finished"] < 1:
                     time.sleep(0.5)  # a trial page to read
-                for r in range(repeats):
-                    log(f"crowd: pair {r + 1}/{repeats}: {seconds:g} s unloaded, then loaded")
-                    quiet = bench.unloaded(seconds)
-                    numbers = http.get(f"/api/v1/studies/{study_id}").json()["finished"] + 1
-                    window = {
-                        "study_id": study_id,
-                        "numbers": numbers,
-                        "seconds": seconds,
-                        "think": args.think,
-                        "seed": 1000 * r,
-                    }
-                    loaded = bench.loaded(crowd, window)
-                    assert loaded.crowd is not None
-                    log(
-                        f"  {quiet.per_minute:.1f} then {loaded.per_minute:.1f} reports/min "
-                        f"(ratio {loaded.per_minute / max(quiet.per_minute, 1e-9):.3f}) under "
-                        f"{len(loaded.crowd['latencies']) / loaded.seconds:.1f} requests/s"
-                    )
-                    windows.append((quiet, loaded))
+                windows += _pairs(http, bench, crowd, study_id, repeats, seconds, args.think)
                 http.post(f"/api/v1/studies/{study_id}/stop")
         finally:
             if crowd.stdin is not None:
@@ -383,6 +344,64 @@ def main(argv: list[str] | None = None) -> None:
             crowd.wait(60)
 
     _table(windows, seconds, clients, args, split)
+
+
+def _pairs(
+    http: httpx.Client,
+    bench: Bench,
+    crowd: subprocess.Popen[str],
+    study_id: int,
+    repeats: int,
+    seconds: float,
+    think: float,
+) -> list[tuple[Window, Window]]:
+    """``repeats`` windows of ``seconds`` unloaded, each followed by one under the crowd."""
+    windows: list[tuple[Window, Window]] = []
+    for r in range(repeats):
+        log(f"crowd: pair {r + 1}/{repeats}: {seconds:g} s unloaded, then loaded")
+        quiet = bench.unloaded(seconds)
+        numbers = http.get(f"/api/v1/studies/{study_id}").json()["finished"] + 1
+        window = {
+            "study_id": study_id,
+            "numbers": numbers,
+            "seconds": seconds,
+            "think": think,
+            "seed": 1000 * r,
+        }
+        loaded = bench.loaded(crowd, window)
+        assert loaded.crowd is not None
+        log(
+            f"  {quiet.per_minute:.1f} then {loaded.per_minute:.1f} reports/min "
+            f"(ratio {loaded.per_minute / max(quiet.per_minute, 1e-9):.3f}) under "
+            f"{len(loaded.crowd['latencies']) / loaded.seconds:.1f} requests/s"
+        )
+        windows.append((quiet, loaded))
+    return windows
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, help="each window (default 10; quick 3)")
+    parser.add_argument("--repeats", type=int, help="unloaded/loaded pairs (default 6; quick 1)")
+    parser.add_argument("--clients", type=int, help="dashboard readers (default 50; quick 5)")
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="each reader's pause between requests, s"
+    )
+    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgresql"])
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial of the study")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="run `hpsearch serve --workers 1` (the API and its own worker) rather than an API "
+        "and a separately started worker",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("URL", "CLIENTS", "CPU"), help=argparse.SUPPRESS
+    )
+    return parser
 
 
 def _table(

@@ -112,39 +112,17 @@ def run_serve(args: argparse.Namespace) -> int:
     """API + local workers, supervised; drains on SIGTERM or Ctrl-C, then exits 0 (see
     ``service.api.lifecycle``). Workers get an equal share of the cores for their threads."""
     import uvicorn
-    from pydantic import ValidationError
 
     from hpsearch.logs import configure_logging
     from service.api.app import create_app
     from service.api.lifecycle import CLOSE_SECONDS, GracefulServer, Shutdown
-    from service.api.middleware import is_loopback
-    from service.config import Settings
     from service.context import ServiceContext
     from service.db.session import DatabaseUnreachableError
     from service.supervisor import Supervisor
 
-    if args.data_dir is not None:
-        os.environ["HPSEARCH_DATA_DIR"] = str(args.data_dir)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"hpsearch serve: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    if (problem := settings.drain_problem()) is not None:
-        print(f"hpsearch serve: invalid settings: {problem}", file=sys.stderr)
-        return 2
-    if args.allow_no_auth:
-        settings = settings.model_copy(update={"allow_no_auth": True})
-    if not settings.auth and not settings.allow_no_auth and not is_loopback(args.host):
-        print(
-            f"hpsearch serve: refusing to listen on {args.host} without authentication. "
-            "Set HPSEARCH_AUTH=on and give clients tokens (`hpsearch token create`), or pass "
-            "--allow-no-auth on a trusted network.",
-            file=sys.stderr,
-        )
-        return 2
-    if args.workers < 0:
-        print("hpsearch serve: --workers must be 0 or more", file=sys.stderr)
+    settings = _serve_settings(args)
+    if isinstance(settings, str):
+        print(f"hpsearch serve: {settings}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     instance = serve_instance_id()
@@ -156,23 +134,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except DatabaseUnreachableError as exc:  # nothing is started
             print(f"hpsearch serve: {exc}; giving up", file=sys.stderr)
             return 3
-    url = f"http://{args.host}:{args.port}"
-    if args.host in ("0.0.0.0", "::"):  # the workers reach a wildcard listener on loopback
-        url = f"http://127.0.0.1:{args.port}"
-    threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
-
-    def worker_command(worker_id: str) -> list[str]:
-        return [
-            *("-m", "hpsearch", "worker", "--api", url, "--id", worker_id),
-            *("--threads", str(threads), "--inter-op-threads", "1"),
-        ]
-
-    def worker_env() -> dict[str, str]:
-        env = {**os.environ, "HPSEARCH_WORKER_STOP_GRACE": f"{settings.worker_stop_grace:g}"}
-        if token is not None:
-            env["HPSEARCH_TOKEN"] = token.secret()
-        return env
-
+    worker_command, worker_env = _worker_launch(args, settings, token)
     supervisor = Supervisor(
         [f"{instance}-local-{i + 1}" for i in range(args.workers)],
         worker_command,
@@ -212,6 +174,58 @@ def run_serve(args: argparse.Namespace) -> int:
             token.revoke()
         ctx.engine.dispose()
     return 0
+
+
+def _serve_settings(args: argparse.Namespace) -> Any:
+    """``serve``'s settings, or why they are refused (a line to print; exit 2)."""
+    from pydantic import ValidationError
+
+    from service.api.middleware import is_loopback
+    from service.config import Settings
+
+    if args.data_dir is not None:
+        os.environ["HPSEARCH_DATA_DIR"] = str(args.data_dir)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        return f"invalid settings: {exc}"
+    if (problem := settings.drain_problem()) is not None:
+        return f"invalid settings: {problem}"
+    if args.allow_no_auth:
+        settings = settings.model_copy(update={"allow_no_auth": True})
+    if not settings.auth and not settings.allow_no_auth and not is_loopback(args.host):
+        return (
+            f"refusing to listen on {args.host} without authentication. "
+            "Set HPSEARCH_AUTH=on and give clients tokens (`hpsearch token create`), or pass "
+            "--allow-no-auth on a trusted network."
+        )
+    if args.workers < 0:
+        return "--workers must be 0 or more"
+    return settings
+
+
+def _worker_launch(
+    args: argparse.Namespace, settings: Any, token: _LocalWorkersToken | None
+) -> tuple[Any, Any]:
+    """How serve starts a local worker: (its command, given its id; its environment)."""
+    url = f"http://{args.host}:{args.port}"
+    if args.host in ("0.0.0.0", "::"):  # the workers reach a wildcard listener on loopback
+        url = f"http://127.0.0.1:{args.port}"
+    threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+
+    def worker_command(worker_id: str) -> list[str]:
+        return [
+            *("-m", "hpsearch", "worker", "--api", url, "--id", worker_id),
+            *("--threads", str(threads), "--inter-op-threads", "1"),
+        ]
+
+    def worker_env() -> dict[str, str]:
+        env = {**os.environ, "HPSEARCH_WORKER_STOP_GRACE": f"{settings.worker_stop_grace:g}"}
+        if token is not None:
+            env["HPSEARCH_TOKEN"] = token.secret()
+        return env
+
+    return worker_command, worker_env
 
 
 def serve_instance_id() -> str:

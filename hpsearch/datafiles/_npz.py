@@ -141,32 +141,7 @@ class _Inspection:
             raise self.bad(f"holds {', '.join(twice)} more than once")
         if max_array_bytes is not None:
             self._check_declared_sizes(infos, keys, max_array_bytes)
-        members: dict[str, _Member] = {}
-        for info, key in zip(infos, keys, strict=True):
-            if info.flag_bits & 0x1:
-                raise self.bad(f"{key} is encrypted")
-            with self.archive.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = read_header(f)
-                header_bytes = f.tell()
-            if dtype.hasobject:
-                raise self.bad(
-                    f"{key} holds Python objects (a pickled object array); "
-                    "only numeric arrays are accepted"
-                )
-            member = _Member(info, tuple(int(n) for n in shape), dtype, header_bytes)
-            if header_bytes + member.data_bytes != info.file_size:
-                raise self.bad(
-                    f"{key}'s header says {member.shape} {dtype} ({member.data_bytes:,} bytes) "
-                    f"but the archive holds {info.file_size - header_bytes:,} bytes of it "
-                    "(truncated or corrupt)"
-                )
-            members[key] = member
+        members = {key: self._read_member(info, key) for info, key in zip(infos, keys, strict=True)}
         total = sum(m.data_bytes for m in members.values())
         if max_array_bytes is not None and total > max_array_bytes:
             raise self.bad(
@@ -180,6 +155,33 @@ class _Inspection:
             if (f"x_{part}" in members) != (f"y_{part}" in members):
                 raise self.bad(f"x_{part} and y_{part} must be given together")
         return members
+
+    def _read_member(self, info: zipfile.ZipInfo, key: str) -> _Member:
+        """One array's header, checked against what the archive holds of it."""
+        if info.flag_bits & 0x1:
+            raise self.bad(f"{key} is encrypted")
+        with self.archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+            header_bytes = f.tell()
+        if dtype.hasobject:
+            raise self.bad(
+                f"{key} holds Python objects (a pickled object array); "
+                "only numeric arrays are accepted"
+            )
+        member = _Member(info, tuple(int(n) for n in shape), dtype, header_bytes)
+        if header_bytes + member.data_bytes != info.file_size:
+            raise self.bad(
+                f"{key}'s header says {member.shape} {dtype} ({member.data_bytes:,} bytes) "
+                f"but the archive holds {info.file_size - header_bytes:,} bytes of it "
+                "(truncated or corrupt)"
+            )
+        return member
 
     def _check_declared_sizes(
         self, infos: list[zipfile.ZipInfo], keys: list[str], max_array_bytes: int
