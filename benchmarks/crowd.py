@@ -27,7 +27,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,6 @@ from benchmarks.harness import (
     cpu_seconds,
     cpu_used,
     database,
-    free_port,
     log,
     median,
     percentile,
@@ -54,6 +52,7 @@ from benchmarks.harness import (
     postgres_pids,
     print_table,
 )
+from tests.support import free_port, stop_process, wait_ready
 
 TARGET = 0.8
 TRIAL_PAGE = 50  # the dashboard's table page (service/dashboard/static/app.js)
@@ -244,26 +243,12 @@ class Serve:
         command = [sys.executable, "-m", "hpsearch", "serve", "--workers", "1"]
         command += ["--port", str(port), "--data-dir", self.data]
         self.process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with code {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("serve was not ready in 120 s")
+        wait_ready(self.url, self.process, timeout=120, what="hpsearch serve")
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, grace=60)
         shutil.rmtree(self.data, ignore_errors=True)
 
     def pids(self) -> dict[str, list[int]]:

@@ -12,11 +12,7 @@ database, starts a real API, and measures with real HTTP and a real browser:
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert, select, update
 
+from benchmarks.harness import Service
 from service.config import Settings
 from service.context import ServiceContext
 from service.db.migrate import upgrade
@@ -289,36 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         study_id = _existing(url, args.trials) if path.exists() else None
         study_id = study_id or seed(url, args.trials)
         seeded = time.perf_counter() - t
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "HPSEARCH_DATABASE_URL": url, "HPSEARCH_LOG_LEVEL": "WARNING"}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.api.app:app_factory",
-                "--factory",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
-        api = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(200):
-                try:
-                    if httpx.get(f"{api}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            figures = measure(api, study_id, args.chromium, args.screenshot)
-        finally:
-            server.terminate()
-            server.wait()
+        with Service(url) as service:
+            figures = measure(service.url, study_id, args.chromium, args.screenshot)
     table = Table(
         title=f"Dashboard and API with a {args.trials:,}-trial study (seeded in {seeded:.0f} s)"
     )

@@ -10,7 +10,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from tests.support import free_port, stop_process, wait_ready
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "HPSEARCH_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -34,12 +35,6 @@ console = Console(width=140)
 def log(message: str) -> None:
     """Progress on stderr, so that the tables on stdout stay readable."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -88,26 +83,12 @@ class Service:
         if self.processes > 1:
             command += ["--workers", str(self.processes)]
         self.process = subprocess.Popen(command, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the API exited with code {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the API was not ready in 120 s")
+        wait_ready(self.url, self.process, timeout=120, what="the API")
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, grace=20)
 
 
 @dataclass

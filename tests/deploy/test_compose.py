@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import free_port, wait_for
+from tests.support import answers_ready, free_port, wait_for
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial
@@ -254,15 +254,13 @@ def test_1_images_build_and_the_stack_comes_up_with_two_workers(deployment: Depl
 
     probe = {"Authorization": f"Bearer {deployment.env['HPSEARCH_WORKER_TOKEN']}"}
 
-    def ready() -> bool:
-        try:
-            answer = httpx.get(f"{deployment.url}/readyz", headers=probe, timeout=3)
-            return answer.status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, 180, "the API to be ready on its published port", 1)
+        wait_for(
+            lambda: answers_ready(deployment.url, probe),
+            180,
+            "the API to be ready on its published port",
+            1,
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{deployment.logs()}") from None
     # Auth is on by default: nothing answers without a token; an admin makes one in the API's

@@ -29,7 +29,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.service.conftest import hpsearch_cli, spec, wait_for
+from tests.support import hpsearch_cli, spec, wait_for, wait_ready
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial
@@ -210,13 +210,7 @@ def test_a_worker_cut_off_mid_trial_is_recovered_by_lease(network: Network, tmp_
         base_url=api_url, timeout=10, headers={"Authorization": f"Bearer {user_token}"}
     )
 
-    def ready() -> bool:
-        try:
-            return http.get("/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(ready, 60, f"the API at {api_url}")
+    wait_ready(api_url, timeout=60, headers={"Authorization": f"Bearer {user_token}"})
     for host in ("w1", "w2"):
         worker = [
             sys.executable, "-m", "hpsearch", "worker", "--api", api_url, "--id", host,

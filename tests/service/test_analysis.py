@@ -7,8 +7,8 @@ import math
 
 import psutil
 
-from tests.service.conftest import query
 from tests.service.test_protocol import FakeWorker, create
+from tests.support import query
 
 
 def test_importance_names_the_parameter_that_drives_the_objective(api) -> None:

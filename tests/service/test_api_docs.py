@@ -17,8 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.service.conftest import Api, start_secured_api
 from tests.service.test_dashboard import Tab, browser  # noqa: F401  (browser: a fixture)
+from tests.support import Api, start_secured_api
 
 ROOT = Path(__file__).resolve().parents[2]
 # Records every Content-Security-Policy violation of the page, from before its first script.

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.service.conftest import query, spec, wait_until_done
+from tests.support import query, spec, wait_until_done
 
 ISSUE_SPEC: dict[str, Any] = {
     "name": "digits-bn-clip",

@@ -19,9 +19,10 @@ from sqlalchemy import text
 
 from service.auth import tokens as auth
 from service.auth.tokens import LOCAL_WORKERS_TOKEN
-from tests.service.conftest import (
+from tests.support import (
     BACKENDS,
     Api,
+    answers_ready,
     execute,
     free_port,
     hpsearch_cli,
@@ -264,7 +265,7 @@ def test_an_api_without_auth_answers_only_on_loopback(tmp_path: Any, allowed: bo
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: _answers(api.url + "/readyz"), 60, "the API")
+        wait_for(lambda: answers_ready(api.url), 60, "the API")
         remote = f"http://{non_loopback_address()}:{port}/api/v1/studies"
         response = httpx.get(remote, timeout=10)
         if allowed:
@@ -275,13 +276,6 @@ def test_an_api_without_auth_answers_only_on_loopback(tmp_path: Any, allowed: bo
             assert httpx.get(api.url + "/api/v1/studies").status_code == 200
     finally:
         api.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_serve_with_auth_gives_its_own_workers_a_token(tmp_path: Any) -> None:
@@ -303,7 +297,7 @@ def test_serve_with_auth_gives_its_own_workers_a_token(tmp_path: Any) -> None:
             )
         api = Api(f"http://127.0.0.1:{port}", "", env, log, port, process=serve, token=user)
         try:
-            wait_for(lambda: _answers(f"{api.url}/healthz"), 90, "serve")  # noqa: B023
+            wait_for(lambda: answers_ready(api.url), 90, "serve")  # noqa: B023
             assert httpx.get(f"{api.url}/api/v1/studies").status_code == 401
             created = api.http.post("/api/v1/studies", json=spec(f"served-{run}", n_trials=2))
             assert created.status_code == 201, created.text

@@ -26,7 +26,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.service.conftest import (
+from tests.service.test_protocol import METRICS
+from tests.service.test_serve import Serve, start_serve
+from tests.support import (
     BACKENDS,
     free_port,
     make_database,
@@ -35,8 +37,6 @@ from tests.service.conftest import (
     spec,
     wait_for,
 )
-from tests.service.test_protocol import METRICS
-from tests.service.test_serve import Serve, start_serve
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial

@@ -19,7 +19,9 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.dashboard_load import seed
 from hpsearch.params import validate_params
-from tests.service.conftest import (
+from tests.service.test_datasets import good_npz
+from tests.service.test_protocol import FakeWorker
+from tests.support import (
     Api,
     DatabaseProxy,
     free_port,
@@ -30,8 +32,6 @@ from tests.service.conftest import (
     start_secured_api,
     wait_until_done,
 )
-from tests.service.test_datasets import good_npz
-from tests.service.test_protocol import FakeWorker
 
 # The study and dataset commands' exit codes, as `hpsearch study --help` documents them.
 INVALID, UNREACHABLE, TOKEN_REFUSED, NOT_FOUND, CONFLICT = 2, 3, 4, 5, 6

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.service.conftest import Api, spec
+from tests.support import Api, spec
 
 REPO = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")

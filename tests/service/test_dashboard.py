@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route, sync_playwright
 
-from tests.service.conftest import spec, wait_for, wait_until_done
+from tests.support import spec, wait_for, wait_until_done
 
 CHROMIUM = os.environ.get("HPSEARCH_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(

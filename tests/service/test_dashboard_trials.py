@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from tests.service import test_dashboard
-from tests.service.conftest import spec, wait_for, wait_until_done
 from tests.service.test_dashboard import Tab
 from tests.service.test_protocol import FakeWorker
+from tests.support import spec, wait_for, wait_until_done
 
 browser = test_dashboard.browser  # the dashboard tests' chromium, a fixture of this module too
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from tests.service.conftest import (
+from tests.support import (
     Api,
     DatabaseProxy,
     free_port,

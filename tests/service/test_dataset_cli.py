@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from tests.service.conftest import Api
 from tests.service.test_datasets import good_npz, npz_bytes
+from tests.support import Api
 
 
 def hpsearch(api: Api, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.service.conftest import Api, hidden_from, spec, wait_until_done
 from tests.service.test_datasets import good_csv, good_npz, upload
+from tests.support import Api, hidden_from, spec, wait_until_done
 
 
 def launch(api: Api, name: str, dataset_id: str, n_trials: int) -> int:

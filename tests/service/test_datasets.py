@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.service.conftest import Api, execute, spec, wait_for
+from tests.support import Api, execute, spec, wait_for
 
 
 def npz_bytes(**arrays: Any) -> bytes:

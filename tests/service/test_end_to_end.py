@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from tests.service.conftest import free_port, spec, wait_for, wait_until_done
 from tests.service.test_api_studies import ISSUE_SPEC
+from tests.support import answers_ready, free_port, spec, wait_for, wait_until_done
 
 FINISHED = ("complete", "pruned", "diverged", "timed_out", "failed")
 
@@ -80,7 +80,7 @@ def test_make_run_study_completes_with_two_workers_on_sqlite(tmp_path: Path) -> 
     serve = start_serve(tmp_path, port, workers=2, log=tmp_path / "serve.log")
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(url), 60, "hpsearch serve to answer")
+        wait_for(lambda: answers_ready(url), 60, "hpsearch serve to answer")
 
         class Api:
             http = httpx.Client(base_url=url, timeout=30)
@@ -127,13 +127,6 @@ def test_local_workers_exit_when_serve_is_killed(tmp_path: Path) -> None:
     serve.kill()
     serve.wait()
     wait_for(lambda: not _processes_with(url), 30, "the orphaned worker to exit")
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_issue_study_completes_with_three_workers_on_postgresql(make_api, workers) -> None:
@@ -240,8 +233,8 @@ def test_two_api_processes_on_one_postgresql_keep_the_budget_exact(make_api) -> 
     """No state in memory: workers alternating between two API processes see one service."""
     import threading
 
-    from tests.service.conftest import Api, service_env
     from tests.service.test_protocol import FakeWorker
+    from tests.support import Api, service_env
 
     first = make_api("postgresql")
     port = free_port()

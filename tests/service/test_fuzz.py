@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import Api, spec, start_secured_api
+from tests.support import Api, spec, start_secured_api
 
 EXAMPLES = os.environ.get("HPSEARCH_FUZZ_EXAMPLES", "20")
 SEED = os.environ.get("HPSEARCH_FUZZ_SEED", "1")

@@ -16,8 +16,8 @@ from sqlalchemy import String
 
 from service.db.models import Base
 from tests.hpsearch.test_datafiles import corrupt_compressed_npz
-from tests.service.conftest import Api, execute, query, spec
 from tests.service.test_protocol import METRICS, FakeWorker, create
+from tests.support import Api, execute, query, spec
 
 DEPTH_REASON = (
     "nested more than 32 levels deep (objects and arrays); no field of this API needs more than "

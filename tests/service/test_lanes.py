@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.middleware import Lanes
-from tests.service.conftest import free_port
 from tests.service.test_protocol import FakeWorker, create
+from tests.support import free_port
 
 # How far below the protocol's priority user requests run (service.api.middleware).
 USER_LANE_NICE = 10

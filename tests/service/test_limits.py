@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import Api, query, spec, wait_for
 from tests.service.test_datasets import multipart_body
+from tests.support import Api, query, spec, wait_for
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial

@@ -21,7 +21,8 @@ from service.db.migrate import alembic_config
 from service.db.models import utcnow
 from service.db.session import make_engine
 from service.studies.spec import parse_study_spec
-from tests.service.conftest import (
+from tests.service.test_protocol import FakeWorker, create, study
+from tests.support import (
     BACKENDS,
     Api,
     execute,
@@ -32,7 +33,6 @@ from tests.service.conftest import (
     spec,
     wait_for,
 )
-from tests.service.test_protocol import FakeWorker, create, study
 
 
 def run_trials(api: Api, worker_id: str, values: list[float]) -> list[dict[str, Any]]:

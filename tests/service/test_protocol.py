@@ -13,7 +13,7 @@ import httpx
 from hpsearch.client import Client
 from hpsearch.protocol import AskRequest, EpochReport, TellRequest
 from hpsearch.results import TrialResult, TrialState
-from tests.service.conftest import spec, wait_for
+from tests.support import spec, wait_for
 
 # Any status: the tests judge the answers themselves.
 ANY_STATUS = range(100, 600)

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from tests.service.conftest import query
 from tests.service.test_protocol import FakeWorker, create, study
+from tests.support import query
 
 DIED = "the trial process died (killed: SIGKILL) during epoch 2"
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from tests.service import test_dashboard
-from tests.service.conftest import Api, spec, start_secured_api
 from tests.service.test_dashboard import Tab
 from tests.service.test_datasets import good_npz
 from tests.service.test_protocol import FakeWorker
+from tests.support import Api, spec, start_secured_api
 
 browser = test_dashboard.browser  # Chromium, as the dashboard's tests start it
 

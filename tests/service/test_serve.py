@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.service.conftest import (
+from tests.support import (
     free_port,
     hpsearch_cli,
     make_database,
@@ -28,6 +28,7 @@ from tests.service.conftest import (
     service_env,
     spec,
     wait_for,
+    wait_ready,
     wait_until_done,
 )
 
@@ -51,14 +52,7 @@ class Serve:
         self.http = httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
     def wait_ready(self, timeout: float = 90) -> None:
-        def ready() -> bool:
-            assert self.process.poll() is None, f"serve exited: {self.output()[-3000:]}"
-            try:
-                return self.http.get("/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout, "hpsearch serve to answer")
+        wait_ready(self.url, self.process, self.output, timeout, "hpsearch serve")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

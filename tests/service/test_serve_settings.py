@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.service.conftest import hpsearch_cli, make_database, service_env
+from tests.support import hpsearch_cli, make_database, service_env
 
 REASON = (
     "hpsearch serve: invalid settings: HPSEARCH_DRAIN_SECONDS (1) must be at least "

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.service.conftest import (
+from tests.service.test_protocol import FakeWorker
+from tests.service.test_serve import Serve, start_serve
+from tests.support import (
     BACKENDS,
     make_database,
     query,
@@ -21,8 +23,6 @@ from tests.service.conftest import (
     wait_for,
     wait_until_done,
 )
-from tests.service.test_protocol import FakeWorker
-from tests.service.test_serve import Serve, start_serve
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.service.conftest import (
+from tests.support import (
     DatabaseProxy,
     free_port,
     make_database,

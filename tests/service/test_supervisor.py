@@ -12,7 +12,7 @@ from pathlib import Path
 
 from service.config import Settings
 from service.supervisor import Supervisor
-from tests.service.conftest import wait_for
+from tests.support import wait_for
 
 # A stand-in worker: notes its start and every SIGTERM and SIGUSR1 it gets; dies at once (exit 3)
 # unless it is the third restart, which ignores both and waits.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.hpsearch.zipfiles import bomb
-from tests.service.conftest import Api, free_port, make_database, service_env
+from tests.support import Api, free_port, make_database, service_env
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial

@@ -16,7 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.service.conftest import (
+from tests.service.test_protocol import create
+from tests.support import (
     Api,
     free_port,
     make_database,
@@ -25,7 +26,6 @@ from tests.service.conftest import (
     wait_for,
     workers,  # noqa: F401  (a fixture)
 )
-from tests.service.test_protocol import create
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial

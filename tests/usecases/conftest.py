@@ -31,7 +31,7 @@ from service.context import ServiceContext
 from service.db.migrate import upgrade
 from service.studies import service as studies
 from service.trials import leases, reports
-from tests.service.conftest import BACKENDS, make_database, spec
+from tests.support import BACKENDS, make_database, spec
 
 LEASE_SECONDS = 4.0
 METRICS = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.5}
