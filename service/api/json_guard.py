@@ -19,9 +19,10 @@ import re
 from collections.abc import Callable
 from email.message import Message as MimeHeader
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import refusal
+from service.api.middleware import replayed
 
 MAX_JSON_DEPTH = 32
 # A refusal names the top-level field at fault when the body is at most this large (parsing it is
@@ -135,16 +136,7 @@ class JsonGuard:
             field, reason = problem
             await refusal(422, reason, field=field)(scope, receive, send)
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replayed(body, receive), send)
 
     def _problem(self, body: bytes) -> tuple[str, str] | None:
         found = first_problem(body, self.max_depth)

@@ -56,6 +56,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def replayed(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app ``body``, read already, as one message, then whatever
+    ``receive`` says next (a disconnect): for middleware that reads a body before the app."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class LoopbackGuard:
     """With auth off, a request that came in on a non-loopback address gets 403: the API must
     not be open to a network by accident (``HPSEARCH_ALLOW_NO_AUTH=true`` opens it anyway)."""
@@ -120,17 +135,7 @@ class BodyLimit:
             )
             await answer(scope, receive, send)
             return
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replayed(b"".join(chunks), receive), send)
 
     def _stalling(self, scope: Scope, receive: Receive) -> Receive:
         """An upload whose next chunk takes longer than the limit is treated as abandoned."""
