@@ -30,7 +30,7 @@ from service.db.session import unit_of_work
 from service.errors import AlreadyExistsError, ConflictError, NotFoundError
 from service.lifecycle import update_study_status
 from service.studies.repository import spec_of
-from service.studies.spec import parse_study_spec
+from service.studies.validation import parse_study_spec
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.studies.spec import parse_study_spec
+from service.studies.validation import parse_study_spec
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.json"))
 STUDY_SPECS = [p for p in EXAMPLES if "search_space" in json.loads(p.read_text())]

@@ -20,7 +20,7 @@ from alembic import command
 from service.db.migrate import alembic_config
 from service.db.models import utcnow
 from service.db.session import make_engine
-from service.studies.spec import parse_study_spec
+from service.studies.validation import parse_study_spec
 from tests.service.test_protocol import FakeWorker, create, study
 from tests.support import (
     BACKENDS,

@@ -10,7 +10,8 @@ import pytest
 
 from hpsearch.errors import InvalidSpecError
 from hpsearch.params import LAYER_STACKS, validate_params
-from service.studies.spec import StudySpec, layer_search_help, parse_study_spec
+from service.studies.spec import StudySpec, layer_search_help
+from service.studies.validation import parse_study_spec
 
 MAX_TRIALS, MAX_EPOCHS, MAX_WEIGHTS = 500, 1000, 50_000_000
 STACKS = {name: stack for stack in LAYER_STACKS for name in (stack.sizes, stack.count)}

@@ -25,7 +25,8 @@ from hpsearch.errors import InvalidSpecError
 from hpsearch.params import PARAMETER_NAMES, TrainingSettings, validate_params
 from hpsearch.results import TrialState
 from service import optuna_bridge
-from service.studies.spec import MODEL_PARAMS, TRAINING_PARAMS, parse_study_spec
+from service.studies.spec import MODEL_PARAMS, TRAINING_PARAMS
+from service.studies.validation import parse_study_spec
 from trainer.data import Dataset
 from trainer.training import run_trial
 
