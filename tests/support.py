@@ -220,7 +220,8 @@ class Api:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_ready(self.url, self.process, self.log.read_text, what="the API")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        wait_ready(self.url, self.process, self.log.read_text, what="the API", headers=headers)
 
     def kill(self) -> None:
         """``kill -9``: no shutdown of any kind."""
@@ -265,16 +266,31 @@ def service_env(database_url: str, **overrides: str) -> dict[str, str]:
     return env
 
 
+def start_api(
+    backend: str, tmp: Path, log: Path | None = None, token_name: str | None = None, **env: str
+) -> tuple[Api, Any]:
+    """A real API process on a fresh database of ``backend``, its files under ``tmp``, with the
+    e2e tier's environment and ``env`` over it: (the API, a function that drops its database).
+    With ``HPSEARCH_AUTH="on"``, a user token (``token_name``, default ``admin``) is made
+    before it starts (``api.token``)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    url, drop = make_database(backend, tmp)
+    full_env = service_env(url, **{"HPSEARCH_DATA_DIR": str(tmp / "data"), **env})
+    token = None
+    if env.get("HPSEARCH_AUTH") == "on":
+        token = hpsearch_cli(full_env, "token", "create", token_name or "admin").strip()
+    port = free_port()
+    server = Api(
+        f"http://127.0.0.1:{port}", url, full_env, log or tmp / "api.log", port, token=token
+    )
+    server.start()
+    return server, drop
+
+
 def start_secured_api(backend: str, tmp: Path, name: str = "admin") -> tuple[Api, Any]:
     """An API with HPSEARCH_AUTH=on on a fresh database, and a user token ``name`` made before
     it started (``api.token``): (the API, a function that drops its database)."""
-    url, drop = make_database(backend, tmp)
-    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"), HPSEARCH_AUTH="on")
-    token = hpsearch_cli(env, "token", "create", name).strip()
-    port = free_port()
-    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port, token=token)
-    server.start()
-    return server, drop
+    return start_api(backend, tmp, token_name=name, HPSEARCH_AUTH="on")
 
 
 def wait_until_done(api: Api, study_id: int, timeout: float) -> dict[str, Any]:

@@ -17,23 +17,15 @@ from tests.support import (
     BACKENDS,
     Api,
     WorkerProcess,
-    free_port,
     hidden_from,
-    hpsearch_cli,
-    make_database,
-    service_env,
+    start_api,
 )
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One API process on a fresh database, for the whole module, on each backend."""
-    tmp = tmp_path_factory.mktemp(request.param)
-    url, drop = make_database(request.param, tmp)
-    port = free_port()
-    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"))
-    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port)
-    server.start()
+    server, drop = start_api(request.param, tmp_path_factory.mktemp(request.param))
     yield server
     server.stop()
     drop()
@@ -46,24 +38,9 @@ def make_api(tmp_path: Path) -> Iterator[Any]:
 
     def make(backend: str, **env: str) -> Api:
         """With ``HPSEARCH_AUTH="on"``, a user token ``admin`` is made first (``api.token``)."""
-        url, drop = make_database(backend, tmp_path / backend)
-        (tmp_path / backend).mkdir(exist_ok=True)
-        port = free_port()
-        full_env = service_env(
-            url, **{"HPSEARCH_DATA_DIR": str(tmp_path / backend / "data"), **env}
+        server, drop = start_api(
+            backend, tmp_path / backend, tmp_path / f"api-{backend}.log", **env
         )
-        token = None
-        if env.get("HPSEARCH_AUTH") == "on":
-            token = hpsearch_cli(full_env, "token", "create", "admin").strip()
-        server = Api(
-            f"http://127.0.0.1:{port}",
-            url,
-            full_env,
-            tmp_path / f"api-{backend}.log",
-            port,
-            token=token,
-        )
-        server.start()
         made.append((server, drop))
         return server
 

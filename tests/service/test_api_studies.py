@@ -48,7 +48,14 @@ def with_change(path: str, value: Any, name: str) -> dict[str, Any]:
     return body
 
 
-_DELETE = object()
+class _Deleted:
+    """The field is left out (a stable repr: test ids must be the same in every xdist worker)."""
+
+    def __repr__(self) -> str:
+        return "<left out>"
+
+
+_DELETE = _Deleted()
 
 BAD_SPECS = [
     ("search_space.learning_rate.low", 0.5, "search_space.learning_rate.low", "must be below high"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.hpsearch.zipfiles import bomb
-from tests.support import Api, free_port, make_database, service_env
+from tests.support import Api, start_api
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
 pytestmark = pytest.mark.serial
@@ -24,12 +24,7 @@ BOUND_MB = 256
 @pytest.fixture(scope="module")
 def lone_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """An API process of its own (SQLite): its peak RSS is that of these uploads only."""
-    tmp = tmp_path_factory.mktemp("bombs")
-    url, drop = make_database("sqlite", tmp)
-    port = free_port()
-    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"))
-    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port)
-    server.start()
+    server, drop = start_api("sqlite", tmp_path_factory.mktemp("bombs"))
     yield server
     server.stop()
     drop()

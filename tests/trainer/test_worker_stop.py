@@ -16,15 +16,13 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.service.conftest import workers  # noqa: F401  (a fixture of the e2e tier)
 from tests.service.test_protocol import create
 from tests.support import (
     Api,
-    free_port,
-    make_database,
     query,
-    service_env,
+    start_api,
     wait_for,
-    workers,  # noqa: F401  (a fixture)
 )
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
@@ -40,12 +38,7 @@ SLOW = {
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    tmp = tmp_path_factory.mktemp("worker-stop")
-    url, drop = make_database("sqlite", tmp)
-    port = free_port()
-    env = service_env(url, HPSEARCH_DATA_DIR=str(tmp / "data"))
-    server = Api(f"http://127.0.0.1:{port}", url, env, tmp / "api.log", port)
-    server.start()
+    server, drop = start_api("sqlite", tmp_path_factory.mktemp("worker-stop"))
     yield server
     server.stop()
     drop()
