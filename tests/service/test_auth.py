@@ -297,7 +297,8 @@ def test_serve_with_auth_gives_its_own_workers_a_token(tmp_path: Any) -> None:
             )
         api = Api(f"http://127.0.0.1:{port}", "", env, log, port, process=serve, token=user)
         try:
-            wait_for(lambda: answers_ready(api.url), 90, "serve")  # noqa: B023
+            probe = {"Authorization": f"Bearer {user}"}
+            wait_for(lambda: answers_ready(api.url, probe), 90, "serve")  # noqa: B023
             assert httpx.get(f"{api.url}/api/v1/studies").status_code == 401
             created = api.http.post("/api/v1/studies", json=spec(f"served-{run}", n_trials=2))
             assert created.status_code == 201, created.text

@@ -52,7 +52,8 @@ class Serve:
         self.http = httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
     def wait_ready(self, timeout: float = 90) -> None:
-        wait_ready(self.url, self.process, self.output, timeout, "hpsearch serve")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        wait_ready(self.url, self.process, self.output, timeout, "hpsearch serve", headers)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
