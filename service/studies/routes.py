@@ -18,7 +18,7 @@ from service.api.deps import (
     TrialNumberPath,
     page,
 )
-from service.studies import analysis
+from service.studies import analysis, reads
 from service.studies import service as studies
 from service.studies.schemas import (
     Importance,
@@ -48,13 +48,13 @@ def create_study(ctx: ContextDep, spec: Annotated[StudySpecBody, Body()]) -> dic
 @studies_router.get("", response_model=StudiesPage)
 def list_studies(ctx: ContextDep, rows: Annotated[Page, page(50)]) -> dict[str, Any]:
     """Studies, newest first: ``{data, count, offset, limit}``."""
-    return studies.list_studies(ctx, rows.offset, rows.limit)
+    return reads.list_studies(ctx, rows.offset, rows.limit)
 
 
 @studies_router.get("/{study_id}", response_model=StudyPublic)
 def get_study(ctx: ContextDep, study_id: StudyIdPath) -> dict[str, Any]:
     """Status, spec, trial counts by state, progress, best trial, timestamps."""
-    return studies.get_study(ctx, study_id)
+    return reads.get_study(ctx, study_id)
 
 
 @studies_router.post("/{study_id}/stop", response_model=StudyPublic)
@@ -95,7 +95,7 @@ def list_trials(
 ) -> dict[str, Any]:
     """A page of trials, sorted (by number unless told): ``{data, count, offset, limit,
     cursor}``."""
-    return studies.list_trials(
+    return reads.list_trials(
         ctx, study_id, state, after, rows.offset, rows.limit, sort, descending
     )
 
@@ -112,7 +112,7 @@ def list_trials(
 )
 def trials_csv(ctx: ContextDep, study_id: StudyIdPath) -> StreamingResponse:
     """Every trial as CSV."""
-    rows = studies.trials_csv(ctx, study_id)
+    rows = reads.trials_csv(ctx, study_id)
     return StreamingResponse(
         rows,
         media_type="text/csv",
@@ -124,7 +124,7 @@ def trials_csv(ctx: ContextDep, study_id: StudyIdPath) -> StreamingResponse:
 def get_trial(ctx: ContextDep, study_id: StudyIdPath, number: TrialNumberPath) -> TrialDetail:
     """One trial: params (which were searched, which fixed), state, reason, per-epoch metrics,
     worker, timings."""
-    return TrialDetail.model_validate(studies.get_trial(ctx, study_id, number))
+    return TrialDetail.model_validate(reads.get_trial(ctx, study_id, number))
 
 
 @analysis_router.get("/{study_id}/analysis", response_model=StudyAnalysis)

@@ -13,13 +13,13 @@ from hpsearch.lifecycle import StudyStatus, TrialStatus
 from service.clock import FakeClock
 from service.context import ServiceContext
 from service.errors import ConflictError
-from service.studies import service as studies
+from service.studies import reads
 from service.trials import recovery
 from tests.usecases.conftest import LEASE_SECONDS, Worker, create
 
 
 def trial(ctx: ServiceContext, study: dict[str, Any], number: int = 0) -> dict[str, Any]:
-    return studies.get_trial(ctx, study["id"], number)
+    return reads.get_trial(ctx, study["id"], number)
 
 
 def test_heartbeats_keep_the_lease_past_its_length(ctx: ServiceContext, clock: FakeClock) -> None:
@@ -53,7 +53,7 @@ def test_a_lost_worker_s_trial_goes_to_the_next_worker_with_the_same_parameters(
     with pytest.raises(ConflictError):  # the old lease is gone
         lost.report(first, 2)
     rescuer.tell(second)
-    final = studies.get_study(ctx, study["id"])
+    final = reads.get_study(ctx, study["id"])
     assert final["status"] == StudyStatus.COMPLETED and final["finished"] == 1
     assert "re-run: worker lost stopped heartbeating" in trial(ctx, study)["reason"]
 
@@ -66,7 +66,7 @@ def test_a_trial_lost_too_often_fails_for_good(ctx: ServiceContext, clock: FakeC
         clock.advance(LEASE_SECONDS + 1)
     assert Worker(ctx, "prober").ask() is None  # the fourth loss fails it instead
     recovery.reap(ctx)
-    final = studies.get_study(ctx, study["id"])
+    final = reads.get_study(ctx, study["id"])
     assert final["trial_counts"]["failed"] == 1 and final["finished"] == 1
     assert final["status"] == StudyStatus.COMPLETED  # its budget is spent, not its spec broken
     assert "its worker was lost 3 time(s)" in trial(ctx, study)["reason"]
@@ -83,7 +83,7 @@ def test_a_study_s_time_limit_starts_no_trial_after_its_deadline(
     w.tell(held)
     assert w.ask() is None
     recovery.reap(ctx)
-    final = studies.get_study(ctx, study["id"])
+    final = reads.get_study(ctx, study["id"])
     assert final["status"] == StudyStatus.COMPLETED and final["finished"] == 1
     assert final["status_reason"] == "time limit reached after 1 of 50 trials"
 
@@ -111,10 +111,10 @@ def test_the_budget_stays_exact_with_workers_racing_and_leases_running_out(
     clock.advance(LEASE_SECONDS + 1)  # some leases run out under the racers' feet
     for t in threads:
         t.join()
-    final = studies.get_study(ctx, study["id"])
+    final = reads.get_study(ctx, study["id"])
     assert final["status"] == StudyStatus.COMPLETED
     assert final["trial_counts"]["complete"] == 12 and final["finished"] == 12
-    rows = studies.list_trials(ctx, study["id"], None, None, 0, 100, "number", False)["data"]
+    rows = reads.list_trials(ctx, study["id"], None, None, 0, 100, "number", False)["data"]
     assert [r["number"] for r in rows] == list(range(12))
     assert sorted(set(done)) == sorted(done) and len(done) == 12
 
@@ -141,7 +141,7 @@ def test_stops_are_free_crashes_and_losses_count_apart(
     rescued = Worker(ctx, "rescuer").ask()
     assert rescued is not None and rescued.attempt == 6
     Worker(ctx, "rescuer").tell(rescued)
-    assert studies.get_study(ctx, study["id"])["trial_counts"]["complete"] == 1
+    assert reads.get_study(ctx, study["id"])["trial_counts"]["complete"] == 1
     reason = trial(ctx, study)["reason"]
     assert reason.startswith("attempt 1: stopped; re-run; attempt 2: stopped; re-run; ")
     assert "attempt 4: the trial process died; re-run; " in reason
