@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -117,7 +116,7 @@ def test_an_optuna_study_renamed_by_hand_keeps_working(api) -> None:
         f"WHERE study_name = 'renamed-later#{s['id']}'",
     )
     log_before = api.log.read_text()
-    time.sleep(1.5)  # the reaper looks at the study's running trials every 0.5 s meanwhile
+    # The reaper's rounds over a renamed study: tests/usecases/test_recovery.py.
     assert worker.report(first, 2, 0.45).status_code == 200
     assert worker.tell(first, value=0.45, epochs=2).status_code == 200
     run_trials(api, "renamed-worker-2", [0.5, 0.6, 0.7, 0.8])

@@ -59,7 +59,8 @@ def test_sigterm_drains_remote_workers_then_exits_0(database: Any, tmp_path: Pat
 
         serve.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.5)  # the handler runs at the server's next tick (0.1 s)
+        # The handler runs at the server's next tick (0.1 s), and says so once draining.
+        wait_for(lambda: "shutting down" in serve.output(), 10, "the drain to start")
         refused = serve.http.post("/api/v1/studies", json=spec("late"))
         assert refused.status_code == 503, refused.text
         assert "shutting down" in refused.json()["detail"]
@@ -89,7 +90,7 @@ def test_a_second_sigterm_stops_waiting_for_remote_workers(tmp_path: Path) -> No
         trial = holder.ask()
         assert trial is not None and holder.report(trial, 1).status_code == 200
         serve.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_for(lambda: "shutting down" in serve.output(), 10, "the drain to start")
         assert serve.process.poll() is None  # waiting for the holder
         serve.process.send_signal(signal.SIGTERM)
         hurried = time.monotonic()
