@@ -287,6 +287,7 @@ def _print_result(result: TrialResult, console: Any) -> None:
 
 def run_worker_command(args: argparse.Namespace) -> int:
     """``hpsearch worker``."""
+    from hpsearch.client import ApiError
     from hpsearch.logs import configure_logging
     from trainer.executor import TrialExecutor
     from trainer.worker import Worker
@@ -300,14 +301,18 @@ def run_worker_command(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         inter_op_threads=args.inter_op_threads,
     )
-    worker = Worker(
-        args.api,
-        token=args.token,
-        worker_id=args.id,
-        executor=executor,
-        connect_deadline_seconds=args.connect_deadline,
-        max_trials=args.max_trials,
-        dataset_cache=args.dataset_cache,
-        stop_grace_seconds=args.stop_grace,
-    )
+    try:
+        worker = Worker(
+            args.api,
+            token=args.token,
+            worker_id=args.id,
+            executor=executor,
+            connect_deadline_seconds=args.connect_deadline,
+            max_trials=args.max_trials,
+            dataset_cache=args.dataset_cache,
+            stop_grace_seconds=args.stop_grace,
+        )
+    except ApiError as exc:  # a URL or token it cannot use: one line, as the other commands
+        print(exc.message, file=sys.stderr)
+        return exc.exit_code
     return worker.run()

@@ -95,9 +95,7 @@ def list_trials(
 ) -> dict[str, Any]:
     """A page of trials, sorted (by number unless told): ``{data, count, offset, limit,
     cursor}``."""
-    return reads.list_trials(
-        ctx, study_id, state, after, rows.offset, rows.limit, sort, descending
-    )
+    return reads.list_trials(ctx, study_id, state, after, rows.offset, rows.limit, sort, descending)
 
 
 @studies_router.get(

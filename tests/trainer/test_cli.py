@@ -85,3 +85,12 @@ def test_worker_stop_grace_and_id_are_checked_before_the_worker_starts() -> None
     )
     assert from_env.returncode == 2
     assert "argument --stop-grace: not a number of seconds: 'nope'" in from_env.stderr
+
+
+def test_a_worker_given_no_usable_api_url_says_so_in_one_line() -> None:
+    out = hpsearch("worker", "--api", "127.0.0.1:8000")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: --api: '127.0.0.1:8000' is not an http:// URL: give one like "
+        "http://127.0.0.1:8000 (--api or HPSEARCH_API_URL)"
+    ]
