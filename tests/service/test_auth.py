@@ -1,6 +1,8 @@
-"""Tokens, against a real API with HPSEARCH_AUTH=on on SQLite and PostgreSQL: every endpoint but
-/healthz asks for one, user and worker tokens each open only their half, tokens are kept hashed,
-and `hpsearch token create|list|revoke` manage them."""
+"""Tokens, against a real API with HPSEARCH_AUTH=on: every endpoint but /healthz asks for one,
+user and worker tokens each open only their half, tokens are kept hashed, and `hpsearch token
+create|list|revoke` manage them. On SQLite: what the database decides about a token (hashing,
+revocation, expiry, last use, idle local tokens) is tested on both backends in process
+(tests/usecases/test_tokens.py); what a request sees of it does not depend on the backend."""
 
 from __future__ import annotations
 
@@ -10,23 +12,19 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from service.auth import tokens as auth
-from service.auth.tokens import LOCAL_WORKERS_TOKEN
 from tests.support import (
-    BACKENDS,
     Api,
     answers_ready,
     execute,
     free_port,
     hpsearch_cli,
-    make_database,
     query,
     service_env,
     spec,
@@ -49,10 +47,10 @@ EITHER_ROUTES = {"/api/v1/datasets/{dataset_id}/content", "/readyz"}
 OPEN_ROUTES = {"/healthz", "/api/v1/session"}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def secured(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[Api]:
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: Any) -> Iterator[Api]:
     """An API with auth on, a user token (``api.token``) made before it started."""
-    server, drop = start_secured_api(request.param, tmp_path_factory.mktemp("auth"))
+    server, drop = start_secured_api("sqlite", tmp_path_factory.mktemp("auth"))
     yield server
     server.stop()
     drop()
@@ -276,91 +274,6 @@ def test_an_api_without_auth_answers_only_on_loopback(tmp_path: Any, allowed: bo
             assert httpx.get(api.url + "/api/v1/studies").status_code == 200
     finally:
         api.stop()
-
-
-def test_serve_with_auth_gives_its_own_workers_a_token(tmp_path: Any) -> None:
-    """`hpsearch serve` with auth on: its local workers train with a token it made for them,
-    named after that serve process; clients need their own; a clean stop revokes it."""
-    env = service_env(
-        f"sqlite:///{tmp_path / 'hpsearch.db'}", HPSEARCH_DATA_DIR=str(tmp_path), HPSEARCH_AUTH="on"
-    )
-    user = hpsearch_cli(env, "token", "create", "alice").strip()
-    port = free_port()
-    log = tmp_path / "serve.log"
-    for run in (1, 2):
-        with log.open("ab") as f:
-            serve = subprocess.Popen(
-                [sys.executable, "-m", "hpsearch", "serve", "--port", str(port), "--workers", "1"],
-                env=env,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        api = Api(f"http://127.0.0.1:{port}", "", env, log, port, process=serve, token=user)
-        try:
-            probe = {"Authorization": f"Bearer {user}"}
-            wait_for(lambda: answers_ready(api.url, probe), 90, "serve")  # noqa: B023
-            assert httpx.get(f"{api.url}/api/v1/studies").status_code == 401
-            created = api.http.post("/api/v1/studies", json=spec(f"served-{run}", n_trials=2))
-            assert created.status_code == 201, created.text
-            done = wait_until_done(api, created.json()["id"], timeout=240)
-            assert done["status"] == "completed", done
-            tokens = json.loads(hpsearch_cli(env, "token", "list", "--json"))
-            mine = [t for t in tokens if t["name"].startswith(LOCAL_WORKERS_TOKEN)]
-            assert [t["status"] for t in mine] == ["revoked"] * (run - 1) + ["active"]
-            assert mine[-1]["kind"] == "worker" and mine[-1]["last_used_at"] is not None
-        finally:
-            api.stop()
-        assert serve.returncode == 0
-    tokens = json.loads(hpsearch_cli(env, "token", "list", "--json"))
-    local = [t for t in tokens if t["name"].startswith(LOCAL_WORKERS_TOKEN)]
-    assert [t["status"] for t in local] == ["revoked", "revoked"]  # each serve's own, at its exit
-    assert len({t["name"] for t in local}) == 2
-    assert "auth on" in log.read_text()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_serve_revokes_only_the_idle_local_tokens_of_crashed_serves(
-    backend: str, tmp_path: Any
-) -> None:
-    """A serve that crashed cannot revoke its workers' token: the next serve to start revokes
-    it once it is unused for HPSEARCH_LOCAL_TOKEN_STALE_SECONDS, and never one in use."""
-    from service.config import Settings
-    from service.context import ServiceContext
-    from service.db.migrate import upgrade
-
-    url, drop = make_database(backend, tmp_path)
-    ctx = ServiceContext.from_settings(Settings(database_url=url, data_dir=tmp_path))
-    try:
-        upgrade(ctx.engine)
-        hour = timedelta(hours=1)
-        crashed, _ = auth.create_local_workers_token(ctx, "box-1-aaaaaa", hour)
-        running, secret = auth.create_local_workers_token(ctx, "box-2-bbbbbb", hour)
-        never_used, _ = auth.create_local_workers_token(ctx, "box-3-cccccc", hour)
-        lookalike, _ = auth.create_token(ctx, "user", LOCAL_WORKERS_TOKEN + " (a person)")
-        with ctx.engine.begin() as conn:
-            for token_id, column in (
-                (crashed["id"], "last_used_at"),
-                (never_used["id"], "created_at"),
-                (lookalike["id"], "created_at"),
-            ):
-                conn.execute(
-                    text(f"UPDATE hps_tokens SET {column} = :t WHERE id = :id"),
-                    {"t": datetime(2020, 1, 1), "id": token_id},
-                )
-        assert auth.authenticate(ctx, secret) is not None  # in use by its serve's workers
-        new, _ = auth.create_local_workers_token(ctx, "box-4-dddddd", hour)
-        status = {t["id"]: t["status"] for t in auth.list_tokens(ctx)}
-        assert status == {
-            crashed["id"]: "revoked",
-            never_used["id"]: "revoked",
-            running["id"]: "active",
-            lookalike["id"]: "active",  # a user token: not serve's
-            new["id"]: "active",
-        }
-        assert new["name"] == "hpsearch serve: local workers (box-4-dddddd)"
-    finally:
-        ctx.engine.dispose()
-        drop()
 
 
 def test_token_lifetimes_take_seconds_too(secured: Api) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
+from service.auth.tokens import LOCAL_WORKERS_TOKEN
 from tests.support import (
     free_port,
     hpsearch_cli,
@@ -201,6 +202,7 @@ def test_two_serve_processes_share_a_database_with_auth_on(tmp_path: Path) -> No
         wait_for(lambda: all("worker started" in s.output() for s in serves), 90, "2 workers")
         with contextlib.suppress(AssertionError):
             wait_for(lambda: len(query(one, "SELECT id FROM hps_workers")) >= 2, 20, "2 asks")
+        assert httpx.get(f"{one.url}/api/v1/studies").status_code == 401  # clients need theirs
         created = one.http.post("/api/v1/studies", json=spec("two-serves", n_trials=6))
         assert created.status_code == 201, created.text
         study_id = created.json()["id"]
@@ -221,10 +223,17 @@ def test_two_serve_processes_share_a_database_with_auth_on(tmp_path: Path) -> No
         tokens = json.loads(hpsearch_cli(env, "token", "list", "--json"))
         local = [t for t in tokens if t["name"].startswith("hpsearch serve: local workers")]
         assert len(local) == 2 and {t["status"] for t in local} == {"active"}, local
+        assert {t["kind"] for t in local} == {"worker"}
+        # Each named after its serve process, whose workers are <serve>-local-N.
+        assert {t["name"] for t in local} == {
+            f"{LOCAL_WORKERS_TOKEN} ({i.removesuffix('-local-1')})" for i in ids
+        }
 
         assert [s.stop() for s in serves] == [0, 0]
+        # A clean stop revokes each serve's own worker token.
         rows = query(one, "SELECT name, revoked_at FROM hps_tokens")
         assert all(r["revoked_at"] is not None for r in rows if r["name"].startswith("hpsearch"))
+        assert all("auth on" in log for log in logs)
     finally:
         for s in serves:
             s.kill()

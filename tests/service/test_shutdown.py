@@ -1,7 +1,7 @@
 """Graceful shutdown of `hpsearch serve`, as compose and Kubernetes stop it (SIGTERM, then SIGKILL
 after 10 s or 30 s): it takes no new studies or trials, keeps answering its workers until they
 have finished or handed back their trials, and exits 0 within its drain (8 s), with no traceback.
-On SQLite and PostgreSQL."""
+The drain of remote workers on SQLite and PostgreSQL; with a local worker training, on SQLite."""
 
 from __future__ import annotations
 
@@ -101,6 +101,7 @@ def test_a_second_sigterm_stops_waiting_for_remote_workers(tmp_path: Path) -> No
         serve.kill()
 
 
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the drain: on both, above
 def test_sigterm_mid_trial_exits_0_in_time_and_the_study_keeps_its_budget(
     database: Any, tmp_path: Path
 ) -> None:
