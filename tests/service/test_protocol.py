@@ -5,7 +5,9 @@ limits, heartbeats) are tested in-process with a fake clock: tests/usecases/test
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -49,10 +51,16 @@ class FakeWorker:
         )
 
     def tell(
-        self, trial: dict[str, Any], state: str = "complete", value: float = 0.5, epochs: int = 1
+        self,
+        trial: dict[str, Any],
+        state: str = "complete",
+        value: float = 0.5,
+        epochs: int = 1,
+        reason: str | None = None,
     ) -> httpx.Response:
         result = TrialResult(
             state=TrialState(state),
+            reason=reason,
             epochs_run=epochs,
             best_value=value,
             final_value=value,
@@ -63,6 +71,42 @@ class FakeWorker:
             f"/api/v1/trials/{trial['trial_id']}/tell",
             TellRequest(worker_id=self.id, attempt=trial["attempt"], result=result),
         )
+
+
+def plausible_accuracy(params: dict[str, Any], epoch: int) -> float:
+    """A validation accuracy that rises with the epochs toward a ceiling that is highest at a
+    learning rate of about 0.03 and falls with dropout: trials differ, and the median pruner
+    has something to prune."""
+    distance = math.log10(params.get("learning_rate", 0.03)) + 1.5
+    ceiling = 0.95 - 0.12 * distance**2 - 0.2 * params.get("dropout", 0.0)
+    ceiling -= 0.001 * abs(params.get("batch_size", 32) - 32)
+    return round(max(ceiling, 0.05) * (1 - 0.5**epoch), 6)
+
+
+def run_study(
+    api: Any,
+    worker_id: str,
+    value: Callable[[dict[str, Any], int], float] = plausible_accuracy,
+) -> int:
+    """Run every trial there is to run as a worker would, minus the training: each epoch reports
+    ``value(params, epoch)`` as the objective, and the trial ends pruned where the API says to
+    stop. What the dashboard draws then has a real study's shape in a fraction of a second; the
+    trials run; how many."""
+    worker, ran = FakeWorker(api.url, worker_id), 0
+    while (trial := worker.ask()) is not None:
+        ran += 1
+        planned = trial["settings"]["epochs"]
+        for epoch in range(1, planned + 1):
+            reached = value(trial["params"], epoch)
+            answer = worker.report(trial, epoch, reached)
+            assert answer.status_code == 200, answer.text
+            if answer.json()["should_stop"]:
+                told = worker.tell(trial, "pruned", reached, epoch, answer.json()["reason"])
+                break
+        else:
+            told = worker.tell(trial, value=reached, epochs=planned)
+        assert told.status_code == 200, told.text
+    return ran
 
 
 def create(api, name: str, **overrides: Any) -> dict[str, Any]:
