@@ -11,6 +11,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from sqlalchemy.engine import make_url
 from benchmarks.dashboard_load import seed
 from hpsearch.params import validate_params
 from tests.service.test_datasets import good_npz
-from tests.service.test_protocol import FakeWorker
+from tests.service.test_protocol import FakeWorker, plausible_accuracy, run_study
 from tests.support import (
     Api,
     DatabaseProxy,
@@ -30,6 +32,7 @@ from tests.support import (
     service_env,
     spec,
     start_secured_api,
+    wait_for,
     wait_until_done,
 )
 
@@ -446,9 +449,23 @@ def test_study_trials_fetches_every_page(make_api: Any) -> None:
 
 
 @on_sqlite
-def test_create_wait_shows_an_eta_while_trials_run(api: Api, workers: Any, tmp_path: Path) -> None:
+def test_create_wait_shows_an_eta_while_trials_run(api: Api, tmp_path: Path) -> None:
     path = write_spec(tmp_path, spec("with-eta", n_trials=6))
-    workers(api.url, 1)
+
+    def an_epoch_of_training(params: dict[str, Any], epoch: int) -> float:
+        time.sleep(0.3)  # the time it stands for: what the estimate is made of
+        return plausible_accuracy(params, epoch)
+
+    def created() -> bool:
+        names = [s["name"] for s in api.http.get("/api/v1/studies").json()["data"]]
+        return "with-eta" in names
+
+    def train() -> None:
+        wait_for(created, 60, "the study to be created", interval=0.05)
+        run_study(api, "eta-worker", an_epoch_of_training)
+
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
     # A terminal, as rich sees one: the bar is redrawn as the study runs.
     out = hpsearch(
         "study",
@@ -471,6 +488,7 @@ def test_create_wait_shows_an_eta_while_trials_run(api: Api, workers: Any, tmp_p
     assert etas[-1] == 0
     assert re.search(r"6/6 .* eta 0:00:00 completed", text), text[-2000:]
     assert text.rstrip().endswith(": completed")
+    trainer.join(10)
 
 
 @on_sqlite
