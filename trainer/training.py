@@ -137,7 +137,22 @@ class _Monitor(_monitor_base()):  # type: ignore[misc]
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch_started = time.perf_counter()
 
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._stop_if_ended()
+
+    def _stop_if_ended(self) -> bool:
+        """Keep a stop decided before ``fit`` began: ``fit`` clears ``stop_training`` at its
+        start, so a time limit that ran out while the model was built and traced (the timer's
+        thread) was forgotten, and the trial trained all its epochs."""
+        if self.state is TrialState.COMPLETE:
+            return False
+        if self.model is not None:
+            self.model.stop_training = True
+        return True
+
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self._stop_if_ended():
+            return
         # Keras computes cross-entropy from the softmax's logits, so an exploding network shows
         # a huge but finite loss long before (or instead of) NaN: both count as divergence.
         loss = float((logs or {}).get("loss", 0.0))

@@ -1,6 +1,7 @@
 """A trial trains for real, reports every epoch, and ends in the state the issue describes."""
 
 import statistics
+import time
 from collections.abc import Mapping
 
 import pytest
@@ -137,6 +138,22 @@ def test_wall_clock_limit_ends_the_trial_as_timed_out(digits) -> None:
     assert "exceeded the 1 s limit" in result.reason
     assert result.epochs_run < 50
     assert result.seconds < 10
+
+
+def test_a_limit_that_runs_out_before_training_starts_still_ends_the_trial(digits) -> None:
+    """The limit passed while the model was built (here at once): Keras's fit clears its stop
+    flag as it starts, and the trial used to train all 50 epochs of one example a batch (211 s
+    in CI, where building after the other tests took over the 1 s limit)."""
+    started = time.perf_counter()
+    result = run_trial(
+        validate_params({"learning_rate": 0.05, "batch_size": 1}),
+        digits,
+        TrainingSettings(epochs=50, timeout_seconds=0.001),
+    )
+    assert result.state is TrialState.TIMED_OUT
+    assert result.reason == "timed out: exceeded the 0.001 s limit during epoch 1"
+    assert result.epochs_run == 0
+    assert time.perf_counter() - started < 20
 
 
 def test_an_error_during_training_ends_the_trial_failed_without_raising(digits) -> None:
