@@ -212,12 +212,12 @@ def run_trial_command(args: argparse.Namespace) -> int:
         )
         if settings is None:
             raise InvalidSpecError([FieldError("epochs", f"must be >= 1, got {args.epochs}")])
-        from trainer.training import configure_threads
-
-        configure_threads(args.threads, args.inter_op_threads)
         from trainer.data import load_dataset
 
-        data = load_dataset(dataset_spec)
+        data = load_dataset(dataset_spec)  # a bad file is refused before TensorFlow's import
+        from trainer.training import configure_threads  # imports Keras
+
+        configure_threads(args.threads, args.inter_op_threads)
         result = _train_with_progress(params, data, settings, err)
     except InvalidSpecError as exc:
         for e in exc.errors:
