@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.service.test_datasets import multipart_body
+from tests.service.test_protocol import FakeWorker, run_study
 from tests.support import Api, query, spec, wait_for
 
 # Timing-bound or exclusive: run alone, after the parallel pass (pyproject.toml's markers).
@@ -170,11 +171,10 @@ def test_a_body_that_stalls_is_dropped_with_408(make_api: Any) -> None:
     assert api.http.get("/api/v1/studies").json()["count"] == 0
 
 
-def test_slow_and_huge_user_requests_never_starve_the_worker_protocol(
-    make_api: Any, workers: Any
-) -> None:
+def test_slow_and_huge_user_requests_never_starve_the_worker_protocol(make_api: Any) -> None:
     """Every user slot held by a stalled upload, and a hundred slow JSON bodies on top: a user
-    request waits its turn, while workers ask, report and finish a whole study."""
+    request waits its turn, while a worker asks, reports and finishes a whole study (a protocol
+    client: what is at stake is the protocol's lane, not the training)."""
     api = make_api("postgresql", HPSEARCH_AUTH="on", HPSEARCH_USER_REQUEST_SLOTS="4")
     worker_token = api.create_token("box", "worker")
     study = api.http.post("/api/v1/studies", json=spec("crowded", n_trials=3)).json()
@@ -199,17 +199,12 @@ def test_slow_and_huge_user_requests_never_starve_the_worker_protocol(
 
         reader = threading.Thread(target=user_request)
         reader.start()
-        # ...while the worker protocol answers at once, and a worker trains the whole study.
+        # ...while the worker protocol answers at once, and a worker runs the whole study.
         started = time.monotonic()
-        asked = httpx.post(
-            f"{api.url}/api/v1/workers/ask",
-            json={"worker_id": "probe"},
-            headers={"Authorization": f"Bearer {worker_token}"},
-            timeout=30,
-        )
-        assert asked.status_code == 200, asked.text  # a trial of "crowded"
+        asked = FakeWorker(api.url, "probe", worker_token).ask()
         ask_seconds = time.monotonic() - started
-        workers(api.url, 1, token=worker_token)
+        assert asked is not None and asked["study_id"] == study["id"]
+        assert run_study(api, "probe", token=worker_token) == 3  # the one asked for, then two
 
         def finished() -> bool:
             rows = query(api, f"SELECT status FROM hps_studies WHERE id = {study['id']}")

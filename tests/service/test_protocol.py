@@ -28,8 +28,8 @@ class FakeWorker:
     the answer whatever its status, for the tests to judge; ``http`` sends raw requests (bodies
     the models would refuse to build)."""
 
-    def __init__(self, api_url: str, worker_id: str) -> None:
-        self.client = Client(api_url)
+    def __init__(self, api_url: str, worker_id: str, token: str | None = None) -> None:
+        self.client = Client(api_url, token)
         self.http = self.client.http
         self.id = worker_id
 
@@ -87,12 +87,13 @@ def run_study(
     api: Any,
     worker_id: str,
     value: Callable[[dict[str, Any], int], float] = plausible_accuracy,
+    token: str | None = None,
 ) -> int:
     """Run every trial there is to run as a worker would, minus the training: each epoch reports
     ``value(params, epoch)`` as the objective, and the trial ends pruned where the API says to
     stop. What the dashboard draws then has a real study's shape in a fraction of a second; the
     trials run; how many."""
-    worker, ran = FakeWorker(api.url, worker_id), 0
+    worker, ran = FakeWorker(api.url, worker_id, token), 0
     while (trial := worker.ask()) is not None:
         ran += 1
         planned = trial["settings"]["epochs"]
