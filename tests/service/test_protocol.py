@@ -91,8 +91,8 @@ def run_study(
 ) -> int:
     """Run every trial there is to run as a worker would, minus the training: each epoch reports
     ``value(params, epoch)`` as the objective, and the trial ends pruned where the API says to
-    stop. What the dashboard draws then has a real study's shape in a fraction of a second; the
-    trials run; how many."""
+    stop. What the dashboard draws then has a real study's shape in a fraction of a second.
+    Returns how many trials it ran."""
     worker, ran = FakeWorker(api.url, worker_id, token), 0
     while (trial := worker.ask()) is not None:
         ran += 1
@@ -102,7 +102,9 @@ def run_study(
             answer = worker.report(trial, epoch, reached)
             assert answer.status_code == 200, answer.text
             if answer.json()["should_stop"]:
-                told = worker.tell(trial, "pruned", reached, epoch, answer.json()["reason"])
+                told = worker.tell(
+                    trial, "pruned", value=reached, epochs=epoch, reason=answer.json()["reason"]
+                )
                 break
         else:
             told = worker.tell(trial, value=reached, epochs=planned)

@@ -221,7 +221,7 @@ def test_two_serve_processes_share_a_database_with_auth_on(tmp_path: Path) -> No
         assert len(ids) == 2 and all(i.endswith("-local-1") for i in ids), ids
         assert {t["worker_id"] for t in trials} == ids  # both trained
         tokens = json.loads(hpsearch_cli(env, "token", "list", "--json"))
-        local = [t for t in tokens if t["name"].startswith("hpsearch serve: local workers")]
+        local = [t for t in tokens if t["name"].startswith(LOCAL_WORKERS_TOKEN)]
         assert len(local) == 2 and {t["status"] for t in local} == {"active"}, local
         assert {t["kind"] for t in local} == {"worker"}
         # Each named after its serve process, whose workers are <serve>-local-N.
@@ -232,7 +232,9 @@ def test_two_serve_processes_share_a_database_with_auth_on(tmp_path: Path) -> No
         assert [s.stop() for s in serves] == [0, 0]
         # A clean stop revokes each serve's own worker token.
         rows = query(one, "SELECT name, revoked_at FROM hps_tokens")
-        assert all(r["revoked_at"] is not None for r in rows if r["name"].startswith("hpsearch"))
+        assert all(
+            r["revoked_at"] is not None for r in rows if r["name"].startswith(LOCAL_WORKERS_TOKEN)
+        )
         assert all("auth on" in log for log in logs)
     finally:
         for s in serves:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +17,12 @@ from service.clock import FakeClock
 from service.context import ServiceContext
 from service.db.models import ApiToken
 from service.errors import NotFoundError
+
+
+def listed(ctx: ServiceContext, token_id: str) -> dict[str, Any]:
+    """The token as ``hpsearch token list`` shows it."""
+    (row,) = [t for t in tokens.list_tokens(ctx) if t["id"] == token_id]
+    return row
 
 
 def test_a_token_is_kept_hashed_and_refused_once_revoked(ctx: ServiceContext) -> None:
@@ -35,8 +42,7 @@ def test_a_token_is_kept_hashed_and_refused_once_revoked(ctx: ServiceContext) ->
     assert tokens.authenticate(ctx, secret) is None and not tokens.is_active(ctx, row["id"])
     with pytest.raises(NotFoundError, match="no active token"):
         tokens.revoke_token(ctx, "carol-in-process")
-    (listed,) = [t for t in tokens.list_tokens(ctx) if t["id"] == row["id"]]
-    assert listed["status"] == "revoked"
+    assert listed(ctx, row["id"])["status"] == "revoked"
 
 
 def test_a_token_expires_at_its_lifetime(ctx: ServiceContext, clock: FakeClock) -> None:
@@ -45,16 +51,15 @@ def test_a_token_expires_at_its_lifetime(ctx: ServiceContext, clock: FakeClock) 
     assert tokens.authenticate(ctx, secret) is not None
     clock.advance(1)
     assert tokens.authenticate(ctx, secret) is None and not tokens.is_active(ctx, row["id"])
-    (listed,) = [t for t in tokens.list_tokens(ctx) if t["id"] == row["id"]]
-    assert listed["status"] == "expired"
+    assert listed(ctx, row["id"])["status"] == "expired"
 
 
 def test_last_use_is_written_at_most_once_a_minute(ctx: ServiceContext, clock: FakeClock) -> None:
     row, secret = tokens.create_token(ctx, "user", "touched-in-process")
 
     def last_used() -> str | None:
-        (listed,) = [t for t in tokens.list_tokens(ctx) if t["id"] == row["id"]]
-        return listed["last_used_at"]
+        used: str | None = listed(ctx, row["id"])["last_used_at"]
+        return used
 
     assert last_used() is None
     tokens.authenticate(ctx, secret)
